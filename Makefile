@@ -1,0 +1,36 @@
+# Two commands on a fresh machine with Python 3.10+ and make:
+#   make demo   - the main job
+#   make test   - the test suite (then the kernel tests once more under AddressSanitizer)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-fast test-asan gpu-check bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test,plot]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/spirals.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+	$(MAKE) --no-print-directory test-asan
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -x
+
+# The emulated kernels once more, built with -fsanitize=address: an out-of-bounds
+# access in any .cu file fails here.
+test-asan: $(STAMP)
+	$(BIN)/python -m gpudl.testing.asan_run tests/test_kernels_emulated.py
+
+bench: $(STAMP)
+	$(BIN)/python -m gpudl.bench ops
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

@@ -1,0 +1,240 @@
+"""The autograd core: Function, the graph node, backward, no_grad.
+
+A differentiable op is a :class:`Function` subclass whose ``forward(ctx,
+*args)`` computes on raw arrays (NumPy or CuPy, whichever the tensors' device
+uses) and whose ``backward(ctx, grad)`` returns one gradient per positional
+argument (None for non-tensors or where no gradient is needed).  Users call
+the lowercase function beside it, which calls ``Fn.apply``.
+
+The engine reduces each returned gradient to its input's shape (summing over
+broadcast axes) and dtype, so element-wise backward passes may return
+gradients of the broadcast shape.
+"""
+from __future__ import annotations
+
+import threading
+
+_state = threading.local()
+
+
+def is_grad_enabled():
+    return getattr(_state, "enabled", True)
+
+
+def set_grad_enabled(mode):
+    _state.enabled = bool(mode)
+
+
+class _GradMode:
+    _mode = True
+
+    def __enter__(self):
+        self._prev = is_grad_enabled()
+        set_grad_enabled(self._mode)
+        return self
+
+    def __exit__(self, *exc):
+        set_grad_enabled(self._prev)
+        return False
+
+    def __call__(self, fn):
+        import functools
+
+        @functools.wraps(fn)
+        def wrapper(*a, **k):
+            with type(self)():
+                return fn(*a, **k)
+        return wrapper
+
+
+class no_grad(_GradMode):
+    """Context manager (and decorator) in which ops record no graph."""
+    _mode = False
+
+
+class enable_grad(_GradMode):
+    """Context manager (and decorator) that turns recording back on."""
+    _mode = True
+
+
+class Context:
+    """What a Function's forward leaves for its backward."""
+
+    def __init__(self, device, needs_input_grad):
+        self.device = device
+        self.needs_input_grad = needs_input_grad
+        self.saved = ()
+
+    @property
+    def xp(self):
+        return self.device.backend.xp
+
+    @property
+    def backend(self):
+        return self.device.backend
+
+    def save_for_backward(self, *arrays):
+        self.saved = arrays
+
+
+class Node:
+    """One recorded application of a Function: its ctx and input tensors."""
+
+    __slots__ = ("fn", "ctx", "inputs", "freed")
+
+    def __init__(self, fn, ctx, inputs):
+        self.fn = fn
+        self.ctx = ctx
+        self.inputs = inputs   # one entry per positional arg: Tensor or None
+        self.freed = False
+
+    def __repr__(self):
+        return f"<{self.fn.__name__}Backward>"
+
+
+def _check_devices(op, tensors):
+    dev = tensors[0].device
+    for t in tensors[1:]:
+        if t.device != dev:
+            raise ValueError(
+                f"{op}: expected all tensors on one device, got {dev} and {t.device} "
+                f"(gpudl never copies silently; move one with .to(device))")
+    return dev
+
+
+class Function:
+    """Base of every differentiable op; see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, *args, **kwargs):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx, grad):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *args, **kwargs):
+        from .tensor import Tensor
+        tensors = [a for a in args if isinstance(a, Tensor)]
+        if not tensors:
+            raise TypeError(f"{cls.__name__}: expected at least one Tensor argument")
+        device = _check_devices(cls.__name__.lower(), tensors) if len(tensors) > 1 else tensors[0].device
+        record = is_grad_enabled() and any(t.requires_grad for t in tensors)
+        needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
+        ctx = Context(device, needs)
+        arrays = [a.data if isinstance(a, Tensor) else a for a in args]
+        out = cls.forward(ctx, *arrays, **kwargs)
+        result = Tensor._make(out, device, requires_grad=record)
+        if record:
+            result._node = Node(cls, ctx, tuple(
+                a if isinstance(a, Tensor) and a.requires_grad else None for a in args))
+        return result
+
+
+def _reduce_to(g, shape, dtype):
+    """Sum ``g`` over the axes that broadcasting added or stretched."""
+    if g.shape != shape:
+        extra = g.ndim - len(shape)
+        if extra > 0:
+            g = g.sum(axis=tuple(range(extra)))
+        axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+        if axes:
+            g = g.sum(axis=axes, keepdims=True)
+        if g.shape != shape:
+            raise RuntimeError(f"internal: gradient of shape {g.shape} for an input of shape {shape}")
+    if g.dtype != dtype:
+        g = g.astype(dtype)
+    return g
+
+
+def _topological_order(root_node):
+    """Nodes reachable from root, each after every node that consumes it."""
+    order, visited = [], set()
+    stack = [(root_node, False)]
+    while stack:
+        node, done = stack.pop()
+        if done:
+            order.append(node)
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        for t in node.inputs:
+            if t is not None and t._node is not None and id(t._node) not in visited:
+                stack.append((t._node, False))
+    order.reverse()
+    return order
+
+
+def backward(tensor, gradient=None, retain_graph=False):
+    """Accumulate d(tensor)/d(leaf) into every leaf's ``.grad``."""
+    from .tensor import Tensor
+    xp = tensor.device.backend.xp
+    if gradient is None:
+        if tensor.data.size != 1:
+            raise RuntimeError(
+                f"backward: grad can be implicitly created only for a tensor of one element, "
+                f"got shape {tuple(tensor.shape)}; pass gradient=")
+        g0 = xp.ones(tensor.data.shape, dtype=tensor.data.dtype)
+    else:
+        if isinstance(gradient, Tensor):
+            if gradient.device != tensor.device:
+                raise ValueError(f"backward: gradient is on {gradient.device}, tensor on {tensor.device}")
+            g0 = gradient.data
+        else:
+            g0 = tensor.device.backend.asarray(gradient, dtype=tensor.data.dtype)
+        if tuple(g0.shape) != tuple(tensor.data.shape):
+            raise ValueError(f"backward: expected gradient of shape {tuple(tensor.data.shape)}, "
+                             f"got {tuple(g0.shape)}")
+    if not tensor.requires_grad:
+        raise RuntimeError("backward: the tensor does not require grad and has no graph")
+    if tensor._node is None:  # a leaf
+        _accumulate_leaf(tensor, g0)
+        return
+
+    grads = {id(tensor._node): g0}
+    owned = set()
+    for node in _topological_order(tensor._node):
+        g = grads.pop(id(node), None)
+        if g is None:
+            continue
+        if node.freed:
+            raise RuntimeError(
+                "backward: trying to backward through the graph a second time; "
+                "its buffers were freed. Pass retain_graph=True the first time.")
+        in_grads = node.fn.backward(node.ctx, g)
+        if not isinstance(in_grads, tuple):
+            in_grads = (in_grads,)
+        if not retain_graph:
+            node.ctx.__dict__.clear()
+            node.ctx.saved = ()
+            node.freed = True
+        for inp, gi in zip(node.inputs, in_grads):
+            if inp is None or gi is None:
+                continue
+            gi = _reduce_to(gi, inp.data.shape, inp.data.dtype)
+            if inp._node is None:
+                _accumulate_leaf(inp, gi)
+                continue
+            key = id(inp._node)
+            prev = grads.get(key)
+            if prev is None:
+                grads[key] = gi
+            elif key in owned:
+                prev += gi          # in place for arrays; rebinds a 0-d scalar
+                grads[key] = prev
+            else:
+                grads[key] = prev + gi
+                owned.add(key)
+
+
+def _accumulate_leaf(t, g):
+    from .tensor import Tensor
+    if g.shape != t.data.shape or g.dtype != t.data.dtype:
+        g = _reduce_to(g, t.data.shape, t.data.dtype)
+    if t.grad is None:
+        t.grad = Tensor._make(g, t.device)
+    else:
+        t.grad = Tensor._make(t.grad.data + g, t.device)

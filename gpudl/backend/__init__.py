@@ -1,0 +1,196 @@
+"""Devices and backends: the only package that knows NumPy from CuPy.
+
+A *backend* is an object (a module for the CPU, a built namespace for CUDA)
+exposing exactly the names in :data:`BACKEND_API`.  Everything above this
+floor does ordinary array work through ``backend.xp`` and calls the
+kernel-level functions below for the rest.
+
+Kernel-level functions (identical signatures on every backend)::
+
+    conv2d_forward(x, w, b, stride, padding, dilation, groups) -> y
+        x (N, C, H, W), w (O, C // groups, kH, kW), b (O,) or None;
+        stride / padding / dilation are (int, int) pairs.
+    conv2d_backward(x, w, gy, stride, padding, dilation, groups,
+                    need=(True, True, True)) -> (gx, gw, gb)
+        entries are None where ``need`` is False.
+    max_pool2d_forward(x, kernel, stride, padding) -> (y, argmax)
+        argmax: int32, shape of y, flat index h * W + w into the
+        (unpadded) input plane of the first maximum in row-major order.
+    max_pool2d_backward(gy, argmax, x_shape, kernel, stride, padding) -> gx
+    avg_pool2d_forward(x, kernel, stride, padding, count_include_pad) -> y
+    avg_pool2d_backward(gy, x_shape, kernel, stride, padding,
+                        count_include_pad) -> gx
+    softmax_cross_entropy_forward(logits, labels, label_smoothing)
+        -> (loss, lse)   logits (N, C); labels (N,) integer; loss, lse (N,)
+    softmax_cross_entropy_backward(logits, labels, lse, gloss,
+                                   label_smoothing) -> glogits (N, C)
+        gloss (N,): upstream gradient of each row's loss.
+
+Array plumbing::
+
+    name            "numpy" | "cupy" | "emulated"
+    xp              the array module (numpy or cupy)
+    asarray(a, dtype=None)   host data (or same-backend array) -> backend array
+    to_numpy(a)     backend array -> numpy.ndarray (a copy only when needed)
+    is_array(a)     True for this backend's array type
+    from_dlpack(obj)
+    erf(a)          the error function, elementwise
+    default_rng(seed)        a Generator with ``random`` / ``standard_normal``
+    synchronize()   wait for queued work (no-op on the CPU)
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+BACKEND_API = (
+    "name", "xp", "asarray", "to_numpy", "is_array", "from_dlpack", "erf",
+    "default_rng", "synchronize",
+    "conv2d_forward", "conv2d_backward",
+    "max_pool2d_forward", "max_pool2d_backward",
+    "avg_pool2d_forward", "avg_pool2d_backward",
+    "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
+)
+
+
+class DeviceError(RuntimeError):
+    """A device was asked for that cannot be had; the message says why."""
+
+
+class Device:
+    """A place where arrays live: ``cpu``, ``cuda:N`` or an emulated GPU.
+
+    ``type`` is "cpu", "cuda" or "emulated"; ``backend`` is the object that
+    holds ``xp`` and the kernel-level functions for it.
+    """
+
+    __slots__ = ("type", "index", "backend")
+
+    def __init__(self, type, index=None, backend=None):
+        self.type = type
+        self.index = index
+        self.backend = backend
+
+    def __str__(self):
+        return self.type if self.index is None else f"{self.type}:{self.index}"
+
+    def __repr__(self):
+        return f"device('{self}')"
+
+    def __eq__(self, other):
+        if isinstance(other, str):
+            try:
+                other = resolve(other)
+            except (DeviceError, ValueError):
+                return False
+        return (isinstance(other, Device) and self.type == other.type
+                and self.index == other.index)
+
+    def __hash__(self):
+        return hash((self.type, self.index))
+
+    @property
+    def xp(self):
+        return self.backend.xp
+
+
+_cpu_device = None
+_cuda_devices = {}
+_probe_result = None  # (ok: bool, reason: str, count: int)
+_auto_reason_said = False
+
+
+def cpu():
+    global _cpu_device
+    if _cpu_device is None:
+        from . import numpy_backend
+        _cpu_device = Device("cpu", None, numpy_backend)
+    return _cpu_device
+
+
+def _probe_cuda():
+    """(ok, reason, device_count); never raises, cached."""
+    global _probe_result
+    if _probe_result is not None:
+        return _probe_result
+    try:
+        import cupy
+    except Exception as e:  # ImportError, or a broken install
+        _probe_result = (False, f"CuPy is not installed ({type(e).__name__}: {e})", 0)
+        return _probe_result
+    try:
+        count = int(cupy.cuda.runtime.getDeviceCount())
+    except Exception as e:  # cudaErrorInsufficientDriver, no driver, ...
+        msg = str(e) or type(e).__name__
+        if "InsufficientDriver" in msg or "driver" in msg.lower():
+            why = f"CuPy {cupy.__version__} found no usable CUDA driver ({msg})"
+        else:
+            why = f"CuPy {cupy.__version__} could not reach a GPU ({msg})"
+        _probe_result = (False, why, 0)
+        return _probe_result
+    if count < 1:
+        _probe_result = (False, f"CuPy {cupy.__version__} sees no CUDA device", 0)
+    else:
+        _probe_result = (True, f"CuPy {cupy.__version__} sees {count} CUDA device(s)", count)
+    return _probe_result
+
+
+def cuda_available():
+    """True when CuPy imports and at least one GPU answers."""
+    return _probe_cuda()[0]
+
+
+def cuda_unavailable_reason():
+    """Why CUDA cannot be used, or '' when it can."""
+    ok, reason, _ = _probe_cuda()
+    return "" if ok else reason
+
+
+def _cuda(index):
+    ok, reason, count = _probe_cuda()
+    if not ok:
+        raise DeviceError(f"device 'cuda:{index}' was asked for but CUDA is not usable: {reason}")
+    if not 0 <= index < count:
+        raise DeviceError(f"device 'cuda:{index}' was asked for but only {count} CUDA device(s) exist")
+    dev = _cuda_devices.get(index)
+    if dev is None:
+        from . import cupy_backend
+        dev = Device("cuda", index, cupy_backend.cuda_backend(index))
+        _cuda_devices[index] = dev
+    return dev
+
+
+def resolve(spec="auto"):
+    """Turn ``"auto" | "cpu" | "cuda" | "cuda:N"`` or a Device into a Device."""
+    global _auto_reason_said
+    if isinstance(spec, Device):
+        return spec
+    if spec is None:
+        spec = "auto"
+    if not isinstance(spec, str):
+        raise TypeError(f"device: expected a str like 'cpu' or 'cuda:0' or a Device, got {type(spec).__name__}")
+    s = spec.strip().lower()
+    if s == "auto":
+        env = os.environ.get("GPUDL_DEVICE", "").strip()
+        if env and env.lower() != "auto":
+            return resolve(env)
+        ok, reason, _ = _probe_cuda()
+        if ok:
+            return _cuda(0)
+        if not _auto_reason_said:
+            _auto_reason_said = True
+            print(f"gpudl: using the CPU: {reason}", file=sys.stderr)
+        return cpu()
+    if s == "cpu":
+        return cpu()
+    if s == "cuda":
+        return _cuda(0)
+    if s.startswith("cuda:"):
+        try:
+            idx = int(s[5:])
+        except ValueError:
+            raise ValueError(f"device: expected 'cuda:N' with an integer N, got {spec!r}") from None
+        return _cuda(idx)
+    if s in ("emulated", "cuda-emulated"):
+        raise DeviceError("the emulated GPU is made by gpudl.testing.emulated_device()")
+    raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}")

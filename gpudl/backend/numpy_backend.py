@@ -1,0 +1,47 @@
+"""CPU backend: ``xp = numpy`` plus the kernel-level ops in vectorised NumPy.
+
+See :mod:`gpudl.backend` for the contract every backend fulfils.
+"""
+from __future__ import annotations
+
+import numpy
+import scipy.special
+
+name = "numpy"
+xp = numpy
+
+
+def asarray(a, dtype=None):
+    return numpy.asarray(a, dtype=dtype)
+
+
+def to_numpy(a):
+    return numpy.asarray(a)
+
+
+def is_array(a):
+    return isinstance(a, numpy.ndarray)
+
+
+def from_dlpack(obj):
+    return numpy.from_dlpack(obj)
+
+
+def erf(a):
+    return scipy.special.erf(a)
+
+
+def default_rng(seed):
+    return numpy.random.default_rng(seed)
+
+
+def synchronize():
+    return None
+
+
+from ._cpu_kernels import (  # noqa: E402,F401  (the kernel-level ops)
+    conv2d_forward, conv2d_backward,
+    max_pool2d_forward, max_pool2d_backward,
+    avg_pool2d_forward, avg_pool2d_backward,
+    softmax_cross_entropy_forward, softmax_cross_entropy_backward,
+)

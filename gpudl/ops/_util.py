@@ -1,0 +1,83 @@
+"""Helpers shared by the op families: operand coercion and axis checks."""
+from __future__ import annotations
+
+import numbers
+
+import numpy
+
+from ..tensor import Tensor, float32, int64, bool_
+
+
+def result_dtype(a, b):
+    """NumPy promotion between tensors; a Python scalar never widens a tensor."""
+    ta, tb = isinstance(a, Tensor), isinstance(b, Tensor)
+    if ta and tb:
+        fa, fb = a.dtype.kind == "f", b.dtype.kind == "f"
+        if fa != fb:            # float with int/bool keeps the float's dtype (as PyTorch)
+            return a.dtype if fa else b.dtype
+        return numpy.result_type(a.dtype, b.dtype)
+    t, s = (a, b) if ta else (b, a)
+    if isinstance(s, bool):
+        return t.dtype
+    if isinstance(s, numbers.Integral):
+        return int64 if t.dtype == bool_ else t.dtype
+    if isinstance(s, numbers.Real):
+        return t.dtype if t.dtype.kind in "fc" else float32
+    if isinstance(s, numpy.generic):
+        return result_dtype(t, s.item())
+    raise TypeError(f"expected a Tensor or a Python number, got {type(s).__name__}")
+
+
+def _to_tensor_like(value, ref, dtype, op):
+    if isinstance(value, Tensor):
+        return value if value.dtype == dtype else value.astype(dtype)
+    if isinstance(value, (numbers.Number, numpy.generic)):
+        return Tensor._make(ref.device.backend.xp.asarray(value, dtype=dtype), ref.device)
+    raise TypeError(f"{op}: expected a Tensor or a Python number, got {type(value).__name__} "
+                    f"(wrap arrays with gpudl.tensor(...) on the right device)")
+
+
+def binary_operands(a, b, op):
+    """Two tensors on one device with one dtype, checked for broadcastability."""
+    if not isinstance(a, Tensor) and not isinstance(b, Tensor):
+        raise TypeError(f"{op}: expected at least one Tensor, got {type(a).__name__} and {type(b).__name__}")
+    dt = result_dtype(a, b)
+    ref = a if isinstance(a, Tensor) else b
+    a = _to_tensor_like(a, ref, dt, op)
+    b = _to_tensor_like(b, ref, dt, op)
+    if a.device != b.device:
+        raise ValueError(f"{op}: expected both tensors on one device, got {a.device} and {b.device} "
+                         f"(gpudl never copies silently; move one with .to(device))")
+    try:
+        numpy.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        raise ValueError(f"{op}: shapes {a.shape} and {b.shape} cannot be broadcast together") from None
+    return a, b
+
+
+def norm_axis(axis, ndim, op):
+    """A tuple of non-negative axes (None -> all axes)."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
+    out = []
+    for ax in axes:
+        ax = int(ax)
+        if not -max(ndim, 1) <= ax < max(ndim, 1):
+            raise ValueError(f"{op}: dim {ax} is out of range for a tensor of {ndim} dimension(s)")
+        out.append(ax % max(ndim, 1))
+    if len(set(out)) != len(out):
+        raise ValueError(f"{op}: repeated dim in {axes}")
+    return tuple(out)
+
+
+def expand_reduced(g, axes, keepdims, shape, xp):
+    """Broadcast a reduction's gradient back to the input shape."""
+    if not keepdims and len(shape):
+        g = xp.expand_dims(g, axes) if axes else g
+    return xp.broadcast_to(g, shape)
+
+
+def require_float(t, op):
+    if t.dtype.kind != "f":
+        raise TypeError(f"{op}: expected a floating-point tensor, got {t.dtype}")

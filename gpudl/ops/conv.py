@@ -1,0 +1,150 @@
+"""Convolution and pooling: differentiable wrappers over the backend's kernels.
+
+Arguments are checked here, before any kernel runs, so bad input gets an
+error naming the argument, the expected and the given value.
+"""
+from __future__ import annotations
+
+import numbers
+
+from ..autograd import Function
+from ..tensor import Tensor
+
+
+def _pair(v, name, op, minimum=0):
+    if isinstance(v, numbers.Integral):
+        v = (int(v), int(v))
+    try:
+        a, b = (int(i) for i in v)
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: expected {name} to be an int or a pair of ints, got {v!r}") from None
+    if a < minimum or b < minimum:
+        raise ValueError(f"{op}: expected {name} >= {minimum}, got {(a, b)}")
+    return a, b
+
+
+def _check_image(x, op, what="input"):
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op}: expected {what} to be a Tensor, got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"{op}: expected {what} of shape (N, C, H, W), got {x.shape}")
+    if x.dtype.kind != "f":
+        raise TypeError(f"{op}: expected a floating-point {what}, got {x.dtype}")
+
+
+def _out_size(n, k, s, p, d):
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+class Conv2d(Function):
+    @staticmethod
+    def forward(ctx, x, w, b, stride, padding, dilation, groups):
+        ctx.save_for_backward(x, w)
+        ctx.conf = (stride, padding, dilation, groups)
+        return ctx.backend.conv2d_forward(x, w, b, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved
+        need = ctx.needs_input_grad[:3]
+        gx, gw, gb = ctx.backend.conv2d_backward(x, w, g, *ctx.conf, need=need)
+        return gx, gw, gb, None, None, None, None
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D cross-correlation of NCHW ``input`` with ``weight`` (C_out, C_in/groups, kH, kW)."""
+    op = "conv2d"
+    _check_image(input, op)
+    _check_image(weight, op, "weight")
+    stride = _pair(stride, "stride", op, 1)
+    padding = _pair(padding, "padding", op, 0)
+    dilation = _pair(dilation, "dilation", op, 1)
+    if not isinstance(groups, numbers.Integral) or groups < 1:
+        raise ValueError(f"{op}: expected groups to be a positive int, got {groups!r}")
+    n, c, h, w_ = input.shape
+    o, cg, kh, kw = weight.shape
+    if c != cg * groups:
+        raise ValueError(f"{op}: input has {c} channels but weight {weight.shape} with groups={groups} "
+                         f"expects {cg * groups}")
+    if o % groups:
+        raise ValueError(f"{op}: weight has {o} output channels, not divisible by groups={groups}")
+    if input.dtype != weight.dtype:
+        raise TypeError(f"{op}: input is {input.dtype} but weight is {weight.dtype}")
+    if bias is not None:
+        if not isinstance(bias, Tensor) or bias.shape != (o,):
+            raise ValueError(f"{op}: expected bias of shape ({o},), got "
+                             f"{bias.shape if isinstance(bias, Tensor) else type(bias).__name__}")
+        if bias.dtype != input.dtype:
+            raise TypeError(f"{op}: input is {input.dtype} but bias is {bias.dtype}")
+    for axis, size, k, s, p, d in (("height", h, kh, stride[0], padding[0], dilation[0]),
+                                   ("width", w_, kw, stride[1], padding[1], dilation[1])):
+        if d * (k - 1) + 1 > size + 2 * p:
+            raise ValueError(f"{op}: kernel {axis} {k} (dilated to {d * (k - 1) + 1}) is larger than the "
+                             f"padded input {axis} {size + 2 * p}")
+    return Conv2d.apply(input, weight, bias, stride, padding, dilation, int(groups))
+
+
+def _pool_args(x, kernel_size, stride, padding, op):
+    _check_image(x, op)
+    kernel = _pair(kernel_size, "kernel_size", op, 1)
+    stride = kernel if stride is None else _pair(stride, "stride", op, 1)
+    padding = _pair(padding, "padding", op, 0)
+    for k, p in zip(kernel, padding):
+        if p > k // 2:
+            raise ValueError(f"{op}: padding {padding} must be at most half of kernel_size {kernel}")
+    for axis, size, k, s, p in (("height", x.shape[2], kernel[0], stride[0], padding[0]),
+                                ("width", x.shape[3], kernel[1], stride[1], padding[1])):
+        if _out_size(size, k, s, p, 1) < 1:
+            raise ValueError(f"{op}: kernel {axis} {k} is larger than the padded input {axis} {size + 2 * p}")
+    return kernel, stride, padding
+
+
+class MaxPool2d(Function):
+    @staticmethod
+    def forward(ctx, x, kernel, stride, padding):
+        y, argmax = ctx.backend.max_pool2d_forward(x, kernel, stride, padding)
+        ctx.save_for_backward(argmax)
+        ctx.conf = (x.shape, kernel, stride, padding)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        argmax, = ctx.saved
+        return ctx.backend.max_pool2d_backward(g, argmax, *ctx.conf), None, None, None
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0):
+    """Max over windows; the gradient goes to the first maximum of each window."""
+    kernel, stride, padding = _pool_args(input, kernel_size, stride, padding, "max_pool2d")
+    return MaxPool2d.apply(input, kernel, stride, padding)
+
+
+class AvgPool2d(Function):
+    @staticmethod
+    def forward(ctx, x, kernel, stride, padding, count_include_pad):
+        ctx.conf = (x.shape, kernel, stride, padding, count_include_pad)
+        return ctx.backend.avg_pool2d_forward(x, kernel, stride, padding, count_include_pad)
+
+    @staticmethod
+    def backward(ctx, g):
+        return ctx.backend.avg_pool2d_backward(g, *ctx.conf), None, None, None, None
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, count_include_pad=True):
+    kernel, stride, padding = _pool_args(input, kernel_size, stride, padding, "avg_pool2d")
+    return AvgPool2d.apply(input, kernel, stride, padding, bool(count_include_pad))
+
+
+def adaptive_avg_pool2d(input, output_size):
+    """Average-pool to ``output_size``; 1 is global average pooling.
+
+    Sizes that divide the input evenly are supported (the windows then tile it).
+    """
+    _check_image(input, "adaptive_avg_pool2d")
+    oh, ow = _pair(output_size, "output_size", "adaptive_avg_pool2d", 1)
+    h, w = input.shape[2:]
+    if (oh, ow) == (1, 1):
+        return input.mean((2, 3), keepdim=True)
+    if h % oh or w % ow:
+        raise ValueError(f"adaptive_avg_pool2d: output size {(oh, ow)} must divide the input size {(h, w)}")
+    return avg_pool2d(input, (h // oh, w // ow))

@@ -1,0 +1,505 @@
+"""Arithmetic, element-wise math, matmul and reductions."""
+from __future__ import annotations
+
+import builtins
+import math as _math
+import numbers
+
+from ..autograd import Function
+from ..tensor import Tensor
+from ._util import binary_operands, norm_axis, expand_reduced, require_float
+
+
+# ---- binary arithmetic (the engine reduces broadcast gradients) ---------------
+
+class Add(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        return a + b
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, g
+
+
+class Sub(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        return a - b
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, (-g if ctx.needs_input_grad[1] else None)
+
+
+class Mul(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a * b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved
+        na, nb = ctx.needs_input_grad
+        return (g * b if na else None), (g * a if nb else None)
+
+
+class Div(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a / b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved
+        na, nb = ctx.needs_input_grad
+        ga = g / b if na else None
+        gb = -g * a / (b * b) if nb else None
+        return ga, gb
+
+
+class Pow(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        out = a ** b
+        ctx.save_for_backward(a, b, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b, out = ctx.saved
+        xp = ctx.xp
+        na, nb = ctx.needs_input_grad
+        ga = g * b * a ** (b - 1) if na else None
+        gb = None
+        if nb:
+            safe = xp.where(a > 0, a, 1)
+            gb = g * out * xp.where(a > 0, xp.log(safe), 0)
+        return ga, gb
+
+
+class Maximum(Function):
+    """Where the two are equal the gradient is split evenly, as in PyTorch."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return ctx.xp.maximum(a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved
+        w = (a > b) + 0.5 * (a == b)
+        return g * w.astype(g.dtype), g * (1 - w).astype(g.dtype)
+
+
+class Minimum(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return ctx.xp.minimum(a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved
+        w = (a < b) + 0.5 * (a == b)
+        return g * w.astype(g.dtype), g * (1 - w).astype(g.dtype)
+
+
+def add(a, b):
+    return Add.apply(*binary_operands(a, b, "add"))
+
+
+def sub(a, b):
+    return Sub.apply(*binary_operands(a, b, "sub"))
+
+
+def mul(a, b):
+    return Mul.apply(*binary_operands(a, b, "mul"))
+
+
+def div(a, b):
+    a, b = binary_operands(a, b, "div")
+    if a.dtype.kind in "iub":
+        a, b = a.astype("float32"), b.astype("float32")
+    return Div.apply(a, b)
+
+
+def pow(a, b):
+    return Pow.apply(*binary_operands(a, b, "pow"))
+
+
+def maximum(a, b):
+    return Maximum.apply(*binary_operands(a, b, "maximum"))
+
+
+def minimum(a, b):
+    return Minimum.apply(*binary_operands(a, b, "minimum"))
+
+
+# ---- unary ---------------------------------------------------------------------
+
+class Neg(Function):
+    @staticmethod
+    def forward(ctx, x):
+        return -x
+
+    @staticmethod
+    def backward(ctx, g):
+        return -g
+
+
+class Exp(Function):
+    @staticmethod
+    def forward(ctx, x):
+        out = ctx.xp.exp(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.saved[0]
+
+
+class Log(Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return ctx.xp.log(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g / ctx.saved[0]
+
+
+class Sqrt(Function):
+    @staticmethod
+    def forward(ctx, x):
+        out = ctx.xp.sqrt(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        return g / (2 * ctx.saved[0])
+
+
+class Abs(Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return ctx.xp.abs(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.xp.sign(ctx.saved[0])
+
+
+class Clip(Function):
+    """Gradient passes where lo <= x <= hi (boundaries included, as PyTorch)."""
+
+    @staticmethod
+    def forward(ctx, x, lo, hi):
+        ctx.save_for_backward(x)
+        ctx.lo, ctx.hi = lo, hi
+        return ctx.xp.clip(x, lo, hi)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, = ctx.saved
+        mask = ctx.xp.ones(x.shape, dtype=bool)
+        if ctx.lo is not None:
+            mask &= x >= ctx.lo
+        if ctx.hi is not None:
+            mask &= x <= ctx.hi
+        return g * mask, None, None
+
+
+class Cast(Function):
+    @staticmethod
+    def forward(ctx, x, dtype):
+        return x.astype(dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None   # the engine casts back to the input's dtype
+
+
+def _float_unary(fn, op):
+    def f(x):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{op}: expected a Tensor, got {type(x).__name__}")
+        if x.dtype.kind != "f":
+            x = x.astype("float32")
+        return fn.apply(x)
+    f.__name__ = op
+    f.__doc__ = f"Element-wise {op}."
+    return f
+
+
+exp = _float_unary(Exp, "exp")
+log = _float_unary(Log, "log")
+sqrt = _float_unary(Sqrt, "sqrt")
+
+
+def neg(x):
+    return Neg.apply(x)
+
+
+def abs(x):
+    return Abs.apply(x)
+
+
+def clip(x, min=None, max=None):
+    """Clamp into [min, max]; either bound may be None."""
+    if min is None and max is None:
+        raise ValueError("clip: expected at least one of min and max")
+    for name, v in (("min", min), ("max", max)):
+        if v is not None and not isinstance(v, numbers.Real):
+            raise TypeError(f"clip: expected {name} to be a number or None, got {type(v).__name__}")
+    return Clip.apply(x, min, max)
+
+
+clamp = clip
+
+
+def astype(x, dtype):
+    from ..tensor import as_dtype
+    dt = as_dtype(dtype)
+    if dt == x.dtype:
+        return x
+    if x.requires_grad and dt.kind != "f":
+        return Tensor._make(x.data.astype(dt), x.device)
+    return Cast.apply(x, dt)
+
+
+# ---- matmul --------------------------------------------------------------------
+
+class MatMul(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return ctx.xp.matmul(a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved
+        xp = ctx.xp
+        na, nb = ctx.needs_input_grad
+        ga = xp.matmul(g, xp.swapaxes(b, -1, -2)) if na else None
+        gb = xp.matmul(xp.swapaxes(a, -1, -2), g) if nb else None
+        return ga, gb
+
+
+def matmul(a, b):
+    """Matrix product with NumPy's rules: 1-D operands, batched broadcasting."""
+    if not isinstance(a, Tensor) or not isinstance(b, Tensor):
+        raise TypeError(f"matmul: expected two Tensors, got {type(a).__name__} and {type(b).__name__}")
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError(f"matmul: expected tensors of at least 1 dimension, got shapes {a.shape} and {b.shape}")
+    if a.device != b.device:
+        raise ValueError(f"matmul: expected both tensors on one device, got {a.device} and {b.device}")
+    ka = a.shape[-1]
+    kb = b.shape[-2] if b.ndim > 1 else b.shape[0]
+    if ka != kb:
+        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not align "
+                         f"({ka} columns against {kb} rows)")
+    if a.dtype != b.dtype:
+        import numpy
+        dt = numpy.result_type(a.dtype, b.dtype)
+        a, b = astype(a, dt), astype(b, dt)
+    squeeze = []
+    if a.ndim == 1:
+        a = a.reshape(1, ka)
+        squeeze.append(-2)
+    if b.ndim == 1:
+        b = b.reshape(kb, 1)
+        squeeze.append(-1)
+    try:
+        import numpy
+        numpy.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ValueError:
+        raise ValueError(f"matmul: batch shapes {a.shape[:-2]} and {b.shape[:-2]} cannot be broadcast") from None
+    out = MatMul.apply(a, b)
+    if squeeze:
+        out = out.reshape(out.shape[:-2] + tuple(
+            n for ax, n in zip((-2, -1), out.shape[-2:]) if ax not in squeeze))
+    return out
+
+
+# ---- reductions ----------------------------------------------------------------
+
+class Sum(Function):
+    @staticmethod
+    def forward(ctx, x, axes, keepdims):
+        ctx.shape, ctx.axes, ctx.keepdims = x.shape, axes, keepdims
+        return x.sum(axis=axes, keepdims=keepdims)
+
+    @staticmethod
+    def backward(ctx, g):
+        return expand_reduced(g, ctx.axes, ctx.keepdims, ctx.shape, ctx.xp), None, None
+
+
+class Mean(Function):
+    @staticmethod
+    def forward(ctx, x, axes, keepdims):
+        ctx.shape, ctx.axes, ctx.keepdims = x.shape, axes, keepdims
+        ctx.count = _math.prod(x.shape[a] for a in axes)
+        return x.mean(axis=axes, keepdims=keepdims)
+
+    @staticmethod
+    def backward(ctx, g):
+        g = g / ctx.count
+        return expand_reduced(g, ctx.axes, ctx.keepdims, ctx.shape, ctx.xp), None, None
+
+
+class MaxMin(Function):
+    """max or min over axes; ties share the gradient evenly."""
+
+    @staticmethod
+    def forward(ctx, x, axes, keepdims, is_max):
+        out = x.max(axis=axes, keepdims=True) if is_max else x.min(axis=axes, keepdims=True)
+        ctx.save_for_backward(x, out)
+        ctx.axes, ctx.keepdims = axes, keepdims
+        return out if keepdims else out.reshape(tuple(n for i, n in enumerate(x.shape) if i not in axes))
+
+    @staticmethod
+    def backward(ctx, g):
+        x, out = ctx.saved
+        mask = (x == out)
+        count = mask.sum(axis=ctx.axes, keepdims=True)
+        if not ctx.keepdims and x.ndim:
+            g = ctx.xp.expand_dims(g, ctx.axes)
+        return mask * (g / count).astype(x.dtype), None, None, None
+
+
+class Var(Function):
+    @staticmethod
+    def forward(ctx, x, axes, keepdims, correction):
+        mean = x.mean(axis=axes, keepdims=True)
+        n = _math.prod(x.shape[a] for a in axes)
+        ctx.save_for_backward(x, mean)
+        ctx.axes, ctx.keepdims, ctx.denom = axes, keepdims, builtins.max(n - correction, 0)
+        d = x - mean
+        return (d * d).sum(axis=axes, keepdims=keepdims) / ctx.denom
+
+    @staticmethod
+    def backward(ctx, g):
+        x, mean = ctx.saved
+        if not ctx.keepdims and x.ndim:
+            g = ctx.xp.expand_dims(g, ctx.axes)
+        return g * (2.0 / ctx.denom) * (x - mean), None, None, None
+
+
+class LogSumExp(Function):
+    @staticmethod
+    def forward(ctx, x, axes, keepdims):
+        xp = ctx.xp
+        m = x.max(axis=axes, keepdims=True)
+        m = xp.where(xp.isfinite(m), m, 0)
+        out = xp.log(xp.exp(x - m).sum(axis=axes, keepdims=True)) + m
+        ctx.save_for_backward(x, out)
+        ctx.axes, ctx.keepdims = axes, keepdims
+        return out if keepdims else out.reshape(tuple(n for i, n in enumerate(x.shape) if i not in axes))
+
+    @staticmethod
+    def backward(ctx, g):
+        x, out = ctx.saved
+        if not ctx.keepdims and x.ndim:
+            g = ctx.xp.expand_dims(g, ctx.axes)
+        return g * ctx.xp.exp(x - out), None, None
+
+
+def _reduce_args(x, dim, op):
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op}: expected a Tensor, got {type(x).__name__}")
+    return norm_axis(dim, x.ndim, op)
+
+
+def sum(x, dim=None, keepdim=False):
+    axes = _reduce_args(x, dim, "sum")
+    if x.dtype.kind == "b":
+        x = astype(x, "int64")
+    return Sum.apply(x, axes, keepdim)
+
+
+def mean(x, dim=None, keepdim=False):
+    axes = _reduce_args(x, dim, "mean")
+    require_float(x, "mean")
+    return Mean.apply(x, axes, keepdim)
+
+
+def max(x, dim=None, keepdim=False):
+    axes = _reduce_args(x, dim, "max")
+    if x.numel() == 0:
+        raise ValueError(f"max: expected a non-empty tensor, got shape {x.shape}")
+    return MaxMin.apply(x, axes, keepdim, True)
+
+
+def min(x, dim=None, keepdim=False):
+    axes = _reduce_args(x, dim, "min")
+    if x.numel() == 0:
+        raise ValueError(f"min: expected a non-empty tensor, got shape {x.shape}")
+    return MaxMin.apply(x, axes, keepdim, False)
+
+
+def var(x, dim=None, keepdim=False, correction=1, unbiased=None):
+    """Variance; ``correction=1`` (Bessel) by default as in PyTorch."""
+    if unbiased is not None:
+        correction = 1 if unbiased else 0
+    axes = _reduce_args(x, dim, "var")
+    require_float(x, "var")
+    return Var.apply(x, axes, keepdim, correction)
+
+
+def std(x, dim=None, keepdim=False, correction=1, unbiased=None):
+    return sqrt(var(x, dim, keepdim, correction, unbiased))
+
+
+def logsumexp(x, dim=None, keepdim=False):
+    """log(sum(exp(x))) computed stably (the max is taken out first)."""
+    axes = _reduce_args(x, dim, "logsumexp")
+    require_float(x, "logsumexp")
+    return LogSumExp.apply(x, axes, keepdim)
+
+
+def _arg(x, dim, keepdim, op):
+    if dim is None:
+        idx = getattr(x.data.reshape(-1), op)()
+        out = x.device.backend.xp.asarray(idx, dtype="int64")
+        return Tensor._make(out.reshape((1,) * x.ndim) if keepdim else out, x.device)
+    ax = norm_axis(dim, x.ndim, op)[0]
+    out = getattr(x.data, op)(axis=ax)
+    if keepdim:
+        out = x.device.backend.xp.expand_dims(out, ax)
+    return Tensor._make(out.astype("int64"), x.device)
+
+
+def argmax(x, dim=None, keepdim=False):
+    """Index of the first maximum (int64; no gradient)."""
+    return _arg(x, dim, keepdim, "argmax")
+
+
+def argmin(x, dim=None, keepdim=False):
+    return _arg(x, dim, keepdim, "argmin")
+
+
+# ---- comparisons (no gradient) ---------------------------------------------------
+
+def _compare(name):
+    def f(a, b):
+        a, b = binary_operands(a, b, name)
+        return Tensor._make(getattr(a.device.backend.xp, name)(a.data, b.data), a.device)
+    f.__name__ = name
+    f.__doc__ = f"Element-wise {name} (a bool tensor; no gradient)."
+    return f
+
+
+eq = _compare("equal")
+ne = _compare("not_equal")
+lt = _compare("less")
+le = _compare("less_equal")
+gt = _compare("greater")
+ge = _compare("greater_equal")

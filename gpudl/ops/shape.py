@@ -1,0 +1,329 @@
+"""Shape and indexing ops: reshape, permute, expand, getitem, cat, stack, pad, where."""
+from __future__ import annotations
+
+import builtins
+import math
+import numbers
+
+import numpy
+
+from ..autograd import Function
+from ..tensor import Tensor
+from ._util import binary_operands, norm_axis
+
+
+class Reshape(Function):
+    @staticmethod
+    def forward(ctx, x, shape):
+        ctx.shape = x.shape
+        return x.reshape(shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.reshape(ctx.shape), None
+
+
+def _resolve_shape(x, shape, op):
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    shape = tuple(int(s) for s in shape)
+    if shape.count(-1) > 1:
+        raise ValueError(f"{op}: only one dimension can be -1, got {shape}")
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if known == 0 or x.numel() % known:
+            raise ValueError(f"{op}: cannot reshape a tensor of shape {x.shape} ({x.numel()} elements) into {shape}")
+        shape = tuple(x.numel() // known if s == -1 else s for s in shape)
+    elif known != x.numel():
+        raise ValueError(f"{op}: cannot reshape a tensor of shape {x.shape} ({x.numel()} elements) into {shape}")
+    return shape
+
+
+def reshape(x, *shape):
+    shape = _resolve_shape(x, shape, "reshape")
+    return x if shape == x.shape else Reshape.apply(x, shape)
+
+
+view = reshape
+
+
+def flatten(x, start_dim=0, end_dim=-1):
+    if x.ndim == 0:
+        return reshape(x, 1)
+    s, e = norm_axis(start_dim, x.ndim, "flatten")[0], norm_axis(end_dim, x.ndim, "flatten")[0]
+    if s > e:
+        raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim}")
+    return reshape(x, x.shape[:s] + (math.prod(x.shape[s:e + 1]),) + x.shape[e + 1:])
+
+
+def squeeze(x, dim=None):
+    if dim is None:
+        return reshape(x, tuple(n for n in x.shape if n != 1))
+    axes = norm_axis(dim, x.ndim, "squeeze")
+    return reshape(x, tuple(n for i, n in enumerate(x.shape) if not (i in axes and n == 1)))
+
+
+def unsqueeze(x, dim):
+    if not -x.ndim - 1 <= dim <= x.ndim:
+        raise ValueError(f"unsqueeze: dim {dim} is out of range for a tensor of {x.ndim} dimension(s)")
+    dim = dim % (x.ndim + 1)
+    return reshape(x, x.shape[:dim] + (1,) + x.shape[dim:])
+
+
+class Permute(Function):
+    @staticmethod
+    def forward(ctx, x, axes):
+        ctx.axes = axes
+        return x.transpose(axes)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.transpose(numpy.argsort(ctx.axes)), None
+
+
+def permute(x, *dims):
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+        dims = tuple(dims[0])
+    axes = norm_axis(dims, x.ndim, "permute")
+    if len(axes) != x.ndim:
+        raise ValueError(f"permute: expected {x.ndim} dims for shape {x.shape}, got {dims}")
+    return Permute.apply(x, axes)
+
+
+def transpose(x, dim0, dim1):
+    a, b = norm_axis((dim0,), x.ndim, "transpose")[0], norm_axis((dim1,), x.ndim, "transpose")[0]
+    axes = list(range(x.ndim))
+    axes[a], axes[b] = axes[b], axes[a]
+    return Permute.apply(x, tuple(axes))
+
+
+class Expand(Function):
+    @staticmethod
+    def forward(ctx, x, shape):
+        return ctx.xp.broadcast_to(x, shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None   # the engine sums over the expanded axes
+
+
+def expand(x, *shape):
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    lead = len(shape) - x.ndim
+    if lead < 0:
+        raise ValueError(f"expand: cannot expand shape {x.shape} to fewer dimensions {shape}")
+    shape = tuple(x.shape[i - lead] if (s == -1 and i >= lead) else s for i, s in enumerate(shape))
+    try:
+        if numpy.broadcast_shapes(x.shape, shape) != shape:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"expand: shape {x.shape} cannot be expanded to {shape}") from None
+    return Expand.apply(x, shape)
+
+
+# ---- indexing --------------------------------------------------------------------
+
+def _convert_index(idx, x):
+    """Tensors in an index become arrays of x's backend; lists become arrays."""
+    xp = x.device.backend.xp
+
+    def conv(i):
+        if isinstance(i, Tensor):
+            if i.device != x.device:
+                raise ValueError(f"index: the index is on {i.device}, the tensor on {x.device}")
+            if i.dtype.kind not in "iub":
+                raise TypeError(f"index: expected an integer or bool index tensor, got {i.dtype}")
+            return i.data
+        if isinstance(i, (list, numpy.ndarray)):
+            a = numpy.asarray(i)
+            if a.dtype.kind not in "iub":
+                raise TypeError(f"index: expected integer or bool indices, got {a.dtype}")
+            return xp.asarray(a)
+        if isinstance(i, (slice, type(None), type(Ellipsis), numbers.Integral)):
+            return i
+        if x.device.backend.is_array(i):
+            return i
+        raise TypeError(f"index: expected int, slice, None, Ellipsis, a bool/int Tensor or a list, got {type(i).__name__}")
+
+    if isinstance(idx, tuple):
+        return tuple(conv(i) for i in idx)
+    return conv(idx)
+
+
+def _is_array_index(i):
+    return hasattr(i, "dtype") and hasattr(i, "shape")
+
+
+class GetItem(Function):
+    @staticmethod
+    def forward(ctx, x, idx):
+        ctx.shape, ctx.dtype, ctx.idx = x.shape, x.dtype, idx
+        return x[idx]
+
+    @staticmethod
+    def backward(ctx, g):
+        xp = ctx.xp
+        gx = xp.zeros(ctx.shape, dtype=g.dtype)
+        parts = ctx.idx if isinstance(ctx.idx, tuple) else (ctx.idx,)
+        if builtins.any(_is_array_index(p) and p.dtype.kind in "iu" for p in parts):
+            xp.add.at(gx, ctx.idx, g)        # integer arrays may repeat: scatter-add
+        else:
+            gx[ctx.idx] = g
+        return gx, None
+
+
+def getitem(x, idx):
+    idx = _convert_index(idx, x)
+    try:
+        return GetItem.apply(x, idx)
+    except IndexError as e:
+        raise IndexError(f"index: {e} (tensor of shape {x.shape})") from None
+
+
+def setitem(x, idx, value):
+    """In-place assignment into data; refused on tensors that are part of a graph."""
+    from ..autograd import is_grad_enabled
+    if x.requires_grad and is_grad_enabled():
+        raise RuntimeError("setitem: in-place assignment into a tensor that requires grad; "
+                           "do it under gpudl.no_grad() or on .detach()")
+    idx = _convert_index(idx, x)
+    if isinstance(value, Tensor):
+        if value.device != x.device:
+            raise ValueError(f"setitem: value on {value.device}, tensor on {x.device}")
+        value = value.data
+    x.data[idx] = value
+
+
+# ---- joining and splitting -----------------------------------------------------------
+
+class Cat(Function):
+    @staticmethod
+    def forward(ctx, *arrays, axis):
+        ctx.axis = axis
+        ctx.sizes = [a.shape[axis] for a in arrays]
+        return ctx.xp.concatenate(arrays, axis=axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        cuts = numpy.cumsum(ctx.sizes)[:-1].tolist()
+        return tuple(ctx.xp.split(g, cuts, axis=ctx.axis))
+
+
+def _check_join(tensors, op):
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError(f"{op}: expected a non-empty sequence of tensors")
+    for t in tensors:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{op}: expected Tensors, got {type(t).__name__}")
+    dt = numpy.result_type(*[t.dtype for t in tensors])
+    return [t if t.dtype == dt else t.astype(dt) for t in tensors]
+
+
+def cat(tensors, dim=0):
+    tensors = _check_join(tensors, "cat")
+    ref = tensors[0]
+    ax = norm_axis(dim, ref.ndim, "cat")[0]
+    for t in tensors[1:]:
+        if t.ndim != ref.ndim or builtins.any(a != b for i, (a, b) in enumerate(zip(t.shape, ref.shape)) if i != ax):
+            raise ValueError(f"cat: shapes {ref.shape} and {t.shape} differ outside dim {dim}")
+    return Cat.apply(*tensors, axis=ax)
+
+
+class Stack(Function):
+    @staticmethod
+    def forward(ctx, *arrays, axis):
+        ctx.axis, ctx.n = axis, len(arrays)
+        return ctx.xp.stack(arrays, axis=axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        return tuple(ctx.xp.take(g, i, axis=ctx.axis) for i in range(ctx.n))
+
+
+def stack(tensors, dim=0):
+    tensors = _check_join(tensors, "stack")
+    for t in tensors[1:]:
+        if t.shape != tensors[0].shape:
+            raise ValueError(f"stack: expected tensors of one shape, got {tensors[0].shape} and {t.shape}")
+    ax = norm_axis(dim, tensors[0].ndim + 1, "stack")[0]
+    return Stack.apply(*tensors, axis=ax)
+
+
+def split(x, split_size_or_sections, dim=0):
+    """Split into chunks of a size (last may be smaller) or of the given sizes."""
+    ax = norm_axis(dim, x.ndim, "split")[0]
+    n = x.shape[ax]
+    if isinstance(split_size_or_sections, numbers.Integral):
+        step = int(split_size_or_sections)
+        if step <= 0:
+            raise ValueError(f"split: expected a positive size, got {step}")
+        sizes = [builtins.min(step, n - s) for s in range(0, n, step)]
+    else:
+        sizes = [int(s) for s in split_size_or_sections]
+        if builtins.sum(sizes) != n:
+            raise ValueError(f"split: sizes {sizes} do not add up to {n} (dim {dim} of shape {x.shape})")
+    out, start = [], 0
+    for s in sizes:
+        idx = (slice(None),) * ax + (slice(start, start + s),)
+        out.append(getitem(x, idx))
+        start += s
+    return tuple(out)
+
+
+def chunk(x, chunks, dim=0):
+    n = x.shape[norm_axis(dim, x.ndim, "chunk")[0]]
+    return split(x, -(-n // int(chunks)), dim)
+
+
+class Pad(Function):
+    @staticmethod
+    def forward(ctx, x, widths, value):
+        ctx.slices = tuple(slice(a, a + n) for (a, _), n in zip(widths, x.shape))
+        return ctx.xp.pad(x, widths, mode="constant", constant_values=value)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g[ctx.slices], None, None
+
+
+def pad(x, pad, value=0.0):
+    """Constant padding, PyTorch order: (left, right) of the last dim, then the one before, ..."""
+    pad = tuple(int(p) for p in pad)
+    if len(pad) % 2 or len(pad) // 2 > x.ndim:
+        raise ValueError(f"pad: expected an even number of widths, at most 2 * {x.ndim}, got {pad}")
+    if builtins.any(p < 0 for p in pad):
+        raise ValueError(f"pad: negative widths are not supported, got {pad}")
+    widths = [(0, 0)] * x.ndim
+    for i in range(len(pad) // 2):
+        widths[x.ndim - 1 - i] = (pad[2 * i], pad[2 * i + 1])
+    return Pad.apply(x, tuple(widths), value)
+
+
+class Where(Function):
+    @staticmethod
+    def forward(ctx, a, b, cond):
+        ctx.save_for_backward(cond)
+        return ctx.xp.where(cond, a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        cond, = ctx.saved
+        na, nb = ctx.needs_input_grad[:2]
+        return (g * cond if na else None), (g * ~cond if nb else None), None
+
+
+def where(condition, a, b):
+    """``a`` where ``condition`` else ``b`` (gradients flow to a and b)."""
+    if not isinstance(condition, Tensor) or condition.dtype.kind != "b":
+        raise TypeError(f"where: expected a bool Tensor as condition, got "
+                        f"{condition.dtype if isinstance(condition, Tensor) else type(condition).__name__}")
+    a, b = binary_operands(a, b, "where")
+    if condition.device != a.device:
+        raise ValueError(f"where: condition on {condition.device}, values on {a.device}")
+    try:
+        numpy.broadcast_shapes(condition.shape, a.shape, b.shape)
+    except ValueError:
+        raise ValueError(f"where: shapes {condition.shape}, {a.shape} and {b.shape} cannot be broadcast") from None
+    return Where.apply(a, b, condition.data)

@@ -1,0 +1,279 @@
+"""Tensor: an array on a device, with the graph node that made it.
+
+Operators (``+``, ``@``, ``.sum()``, ...) are installed onto the class by
+:mod:`gpudl.ops` when it is imported, so this floor never imports the ops.
+"""
+from __future__ import annotations
+
+import numpy
+
+from . import autograd
+from .backend import Device, resolve, cpu
+
+float32 = numpy.dtype("float32")
+float64 = numpy.dtype("float64")
+float16 = numpy.dtype("float16")
+int32 = numpy.dtype("int32")
+int64 = numpy.dtype("int64")
+uint8 = numpy.dtype("uint8")
+bool_ = numpy.dtype("bool")
+
+_DTYPE_NAMES = {
+    "float32": float32, "float": float32, "float64": float64, "double": float64,
+    "float16": float16, "half": float16, "int32": int32, "int": int32,
+    "int64": int64, "long": int64, "uint8": uint8, "bool": bool_,
+}
+
+
+def as_dtype(dtype):
+    """A numpy dtype from a numpy dtype, a type, or a name like 'float32'."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str) and dtype in _DTYPE_NAMES:
+        return _DTYPE_NAMES[dtype]
+    try:
+        return numpy.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype: expected a dtype such as gpudl.float32 or 'int64', got {dtype!r}") from None
+
+
+class Tensor:
+    """An n-dimensional array on a device that can record its gradient.
+
+    ``data`` is the backend array (NumPy on the CPU, CuPy on a GPU);
+    ``grad`` is a Tensor or None; ``requires_grad`` marks leaves to train.
+    """
+
+    __slots__ = ("data", "device", "requires_grad", "grad", "_node", "__weakref__")
+    __array_priority__ = 1000  # numpy scalars defer to our operators
+
+    def __init__(self, data, device=None, requires_grad=False, dtype=None):
+        t = tensor(data, dtype=dtype, device=device, requires_grad=requires_grad)
+        self.data, self.device = t.data, t.device
+        self.requires_grad, self.grad, self._node = t.requires_grad, None, None
+
+    @classmethod
+    def _make(cls, array, device, requires_grad=False):
+        t = object.__new__(cls)
+        if not device.backend.is_array(array):
+            array = device.backend.xp.asarray(array)
+        t.data = array
+        t.device = device
+        t.requires_grad = requires_grad
+        t.grad = None
+        t._node = None
+        return t
+
+    # ---- properties --------------------------------------------------
+    @property
+    def shape(self):
+        return tuple(self.data.shape)
+
+    def size(self, dim=None):
+        return self.shape if dim is None else self.shape[dim]
+
+    @property
+    def ndim(self):
+        return self.data.ndim
+
+    def dim(self):
+        return self.data.ndim
+
+    def numel(self):
+        return int(self.data.size)
+
+    def __len__(self):
+        if self.data.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.data.shape[0]
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def is_leaf(self):
+        return self._node is None
+
+    @property
+    def grad_fn(self):
+        return self._node
+
+    @property
+    def is_cuda(self):
+        return self.device.type == "cuda"
+
+    # ---- conversion ----------------------------------------------------
+    def numpy(self):
+        """The data as a numpy.ndarray (no copy on the CPU)."""
+        return self.device.backend.to_numpy(self.data)
+
+    def item(self):
+        if self.data.size != 1:
+            raise ValueError(f"item: expected a tensor of one element, got shape {self.shape}")
+        return self.device.backend.to_numpy(self.data).reshape(()).item()
+
+    def tolist(self):
+        return self.numpy().tolist()
+
+    def to(self, device=None, dtype=None):
+        """A tensor on ``device`` and/or of ``dtype`` (self when nothing changes).
+
+        Moving between devices is differentiable: the gradient moves back.
+        """
+        if isinstance(device, (numpy.dtype, type)) or (isinstance(device, str) and device in _DTYPE_NAMES):
+            device, dtype = None, device
+        out = self
+        if dtype is not None and as_dtype(dtype) != self.dtype:
+            out = out.astype(dtype)
+        if device is not None:
+            dev = resolve(device)
+            if dev != out.device:
+                out = _ToDevice.apply(out, dev)
+        return out
+
+    def cpu(self):
+        return self.to(cpu())
+
+    def cuda(self, index=0):
+        return self.to(f"cuda:{index}")
+
+    def detach(self):
+        """The same data, cut from the graph (shares memory)."""
+        return Tensor._make(self.data, self.device)
+
+    def requires_grad_(self, requires_grad=True):
+        if requires_grad and self.dtype.kind not in "fc":
+            raise TypeError(f"requires_grad: only floating tensors can require grad, got {self.dtype}")
+        self.requires_grad = bool(requires_grad)
+        return self
+
+    def backward(self, gradient=None, retain_graph=False):
+        autograd.backward(self, gradient, retain_graph)
+
+    def zero_(self):
+        self.data[...] = 0
+        return self
+
+    def copy_(self, other):
+        src = other.data if isinstance(other, Tensor) else self.device.backend.asarray(other)
+        if isinstance(other, Tensor) and other.device != self.device:
+            raise ValueError(f"copy_: source on {other.device}, destination on {self.device}")
+        self.data[...] = src
+        return self
+
+    # ---- dlpack --------------------------------------------------------
+    def __dlpack__(self, *args, **kwargs):
+        return self.data.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self):
+        return self.data.__dlpack_device__()
+
+    def __array__(self, dtype=None, copy=None):
+        if self.device.type == "cuda":
+            raise TypeError(f"can't convert a tensor on {self.device} to numpy implicitly; use .cpu().numpy()")
+        a = self.data
+        return a if dtype is None else a.astype(dtype)
+
+    # ---- printing -------------------------------------------------------
+    def __repr__(self):
+        body = numpy.array2string(self.device.backend.to_numpy(self.data), separator=", ",
+                                  prefix="tensor(", threshold=200)
+        extras = []
+        if self.device.type != "cpu":
+            extras.append(f"device='{self.device}'")
+        if self.dtype != float32 and self.dtype != int64 and self.dtype != bool_:
+            extras.append(f"dtype={self.dtype}")
+        if self._node is not None:
+            extras.append(f"grad_fn={self._node!r}")
+        elif self.requires_grad:
+            extras.append("requires_grad=True")
+        return "tensor(" + body + "".join(", " + e for e in extras) + ")"
+
+    def __bool__(self):
+        if self.data.size != 1:
+            raise ValueError(f"the truth value of a tensor of shape {self.shape} is ambiguous")
+        return bool(self.item())
+
+    def __hash__(self):
+        return id(self)
+
+    def __iter__(self):
+        if self.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        for i in range(self.shape[0]):
+            yield self[i]
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __index__(self):
+        if self.dtype.kind not in "iu" or self.data.size != 1:
+            raise TypeError(f"only integer tensors of one element can be used as an index, got {self.dtype} {self.shape}")
+        return int(self.item())
+
+
+class _ToDevice(autograd.Function):
+    @staticmethod
+    def forward(ctx, x, dev):
+        ctx.src = ctx.device
+        return dev.backend.asarray(ctx.device.backend.to_numpy(x))
+
+    @staticmethod
+    def backward(ctx, g):
+        return ctx.src.backend.asarray(ctx.device.backend.to_numpy(g)), None
+
+    @classmethod
+    def apply(cls, x, dev):
+        # the output lives on `dev`: build the node by hand
+        ctx = autograd.Context(dev, (x.requires_grad, False))
+        ctx.src = x.device
+        out_arr = dev.backend.asarray(x.device.backend.to_numpy(x.data))
+        record = autograd.is_grad_enabled() and x.requires_grad
+        out = Tensor._make(out_arr, dev, requires_grad=record)
+        if record:
+            out._node = autograd.Node(cls, ctx, (x, None))
+        return out
+
+
+def _default_device(device):
+    return cpu() if device is None else resolve(device)
+
+
+def _infer_dtype(data):
+    """gpudl's default dtypes: floats -> float32, ints -> int64, bools -> bool."""
+    a = numpy.asarray(data)
+    if a.dtype.kind == "f":
+        return float32 if not isinstance(data, numpy.ndarray) else a.dtype
+    if a.dtype.kind in "iu":
+        return int64 if not isinstance(data, numpy.ndarray) else a.dtype
+    if a.dtype.kind == "b":
+        return bool_
+    raise TypeError(f"tensor: expected numbers, bools or an array of them, got {a.dtype}")
+
+
+def tensor(data, dtype=None, device=None, requires_grad=False):
+    """A new tensor holding a copy of ``data`` (a list, scalar, array or Tensor).
+
+    Python floats become float32 and ints int64; NumPy arrays keep their dtype.
+    """
+    dtype = as_dtype(dtype)
+    if isinstance(data, Tensor):
+        dev = data.device if device is None else resolve(device)
+        arr = data.detach().to(dev).data
+        arr = arr.astype(dtype or arr.dtype, copy=True)
+        return Tensor._make(arr, dev).requires_grad_(requires_grad)
+    dev = _default_device(device)
+    if dev.backend.is_array(data) or hasattr(data, "__cuda_array_interface__"):
+        arr = dev.backend.asarray(data)
+        arr = arr.astype(dtype or arr.dtype, copy=True)
+    else:
+        host = numpy.array(data, dtype=dtype or _infer_dtype(data))
+        arr = dev.backend.asarray(host)
+    t = Tensor._make(arr, dev)
+    if requires_grad:
+        t.requires_grad_(True)
+    return t

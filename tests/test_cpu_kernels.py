@@ -1,0 +1,506 @@
+"""The CPU backend's kernel-level functions, called directly (numpy in, numpy out).
+
+Forward passes are checked against slow, obviously-correct references written
+here with explicit loops; backward passes against float64 central
+differences of the forward; dtypes, strides and edge cases by hand.
+"""
+import importlib.util
+import itertools
+import pathlib
+
+import numpy as np
+import pytest
+
+try:
+    from gpudl.backend import _cpu_kernels as K
+except Exception:  # the package around it may be mid-edit: load the file itself
+    _path = pathlib.Path(__file__).resolve().parents[1] / "gpudl" / "backend" / "_cpu_kernels.py"
+    _spec = importlib.util.spec_from_file_location("_gpudl_cpu_kernels", _path)
+    K = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(K)
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+# ---------------------------------------------------------------------------
+# references
+
+def ref_conv2d(x, w, b, stride, padding, dilation, groups):
+    """Direct definition: one dot product per output element."""
+    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
+    N, C, H, W = x.shape
+    O, Cg, kH, kW = w.shape
+    Og = O // groups
+    Ho = (H + 2 * ph - dh * (kH - 1) - 1) // sh + 1
+    Wo = (W + 2 * pw - dw * (kW - 1) - 1) // sw + 1
+    xp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), np.float64)
+    xp[:, :, ph:ph + H, pw:pw + W] = x
+    y = np.zeros((N, O, Ho, Wo), np.float64)
+    for o in range(O):
+        g = o // Og
+        for i in range(Ho):
+            for j in range(Wo):
+                patch = xp[:, g * Cg:(g + 1) * Cg,
+                           i * sh:i * sh + dh * (kH - 1) + 1:dh,
+                           j * sw:j * sw + dw * (kW - 1) + 1:dw]
+                y[:, o, i, j] = (patch * w[o]).sum(axis=(1, 2, 3))
+        if b is not None:
+            y[:, o] += b[o]
+    return y
+
+
+def ref_pool(x, kernel, stride, padding, op):
+    """Loops over every window; padding is -inf for max, 0 for avg.
+
+    op: "max" -> (y, argmax), "avg_incl" / "avg_excl" -> y."""
+    (kh, kw), (sh, sw), (ph, pw) = pair(kernel), pair(stride), pair(padding)
+    N, C, H, W = x.shape
+    Ho = (H + 2 * ph - kh) // sh + 1
+    Wo = (W + 2 * pw - kw) // sw + 1
+    y = np.zeros((N, C, Ho, Wo))
+    arg = np.zeros((N, C, Ho, Wo), np.int64)
+    for n in range(N):
+        for c in range(C):
+            for i in range(Ho):
+                for j in range(Wo):
+                    best, besti, total, count = -np.inf, None, 0.0, 0
+                    for a in range(kh):
+                        for bb in range(kw):
+                            h, w_ = i * sh - ph + a, j * sw - pw + bb
+                            inside = 0 <= h < H and 0 <= w_ < W
+                            v = x[n, c, h, w_] if inside else (-np.inf if op == "max" else 0.0)
+                            if inside and besti is None:
+                                besti = h * W + w_
+                            if v > best:
+                                best, besti = v, h * W + w_
+                            total += v if inside else 0.0
+                            count += inside
+                    if op == "max":
+                        y[n, c, i, j], arg[n, c, i, j] = best, besti
+                    elif op == "avg_incl":
+                        y[n, c, i, j] = total / (kh * kw)
+                    else:
+                        y[n, c, i, j] = total / count
+    return (y, arg) if op == "max" else y
+
+
+def numeric_grad(f, a, eps=1e-6):
+    """Central differences of the scalar f() with respect to array a (in place)."""
+    g = np.zeros_like(a, dtype=np.float64)
+    flat, gflat = a.reshape(-1), g.reshape(-1)
+    assert np.shares_memory(flat, a)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        fp = f()
+        flat[i] = old - eps
+        fm = f()
+        flat[i] = old
+        gflat[i] = (fp - fm) / (2 * eps)
+    return g
+
+
+# ---------------------------------------------------------------------------
+# convolution
+
+# (N, C, H, W, O, k, stride, padding, dilation, groups)
+CONV_CASES = [
+    (2, 3, 7, 7, 4, 3, 1, 1, 1, 1),
+    (2, 3, 8, 9, 5, 3, 1, 0, 1, 1),
+    (1, 4, 9, 7, 6, (3, 2), (2, 1), (1, 0), 1, 1),
+    (2, 4, 8, 8, 6, 3, 2, 1, 1, 2),            # groups=2, stride 2
+    (2, 6, 7, 9, 6, 3, 1, 1, 1, 6),            # depthwise
+    (1, 4, 6, 6, 8, 3, 1, 1, 1, 4),            # depthwise, channel multiplier 2
+    (2, 3, 10, 9, 4, 3, 1, 2, 2, 1),           # dilation 2
+    (1, 4, 11, 10, 4, (3, 2), (2, 3), (2, 1), (2, 3), 2),
+    (2, 3, 11, 10, 5, 5, 3, 2, 1, 1),          # 5x5, stride 3
+    (2, 5, 7, 5, 3, 1, 1, 0, 1, 1),            # 1x1
+    (2, 5, 7, 5, 3, 1, 2, 0, 1, 1),            # 1x1 stride 2, odd size
+    (1, 2, 5, 5, 3, 1, 1, 1, 1, 1),            # 1x1 with padding
+    (2, 20, 6, 5, 18, 3, 1, 1, 1, 1),          # many channels: the shifted-GEMM path
+    (1, 32, 7, 8, 16, 3, 2, 1, 1, 2),          # shifted GEMM, groups, stride
+    (1, 16, 5, 6, 8, 2, 3, 0, 1, 1),           # stride larger than the kernel
+    (2, 1, 4, 4, 2, 4, 1, 0, 1, 1),            # kernel the size of the input
+    (1, 2, 3, 3, 2, 3, 1, 3, 1, 1),            # padding larger than the kernel
+]
+
+
+def _conv_args(case, seed=0, dtype=np.float64):
+    N, C, H, W, O, k, s, p, d, G = case
+    kH, kW = pair(k)
+    r = rng(seed)
+    x = r.standard_normal((N, C, H, W)).astype(dtype)
+    w = r.standard_normal((O, C // G, kH, kW)).astype(dtype)
+    b = r.standard_normal(O).astype(dtype)
+    return x, w, b, pair(s), pair(p), pair(d), G
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_conv2d_forward_matches_reference(case):
+    x, w, b, s, p, d, G = _conv_args(case)
+    y = K.conv2d_forward(x, w, b, s, p, d, G)
+    np.testing.assert_allclose(y, ref_conv2d(x, w, b, s, p, d, G), rtol=1e-10, atol=1e-10)
+    y0 = K.conv2d_forward(x, w, None, s, p, d, G)
+    np.testing.assert_allclose(y0, ref_conv2d(x, w, None, s, p, d, G), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_conv2d_backward_adjoint(case):
+    """<conv(x, w), gy> is bilinear: its gradients must reproduce it exactly."""
+    x, w, b, s, p, d, G = _conv_args(case, seed=1)
+    y = K.conv2d_forward(x, w, None, s, p, d, G)
+    gy = rng(2).standard_normal(y.shape)
+    gx, gw, gb = K.conv2d_backward(x, w, gy, s, p, d, G)
+    inner = float((y * gy).sum())
+    assert gx.shape == x.shape and gw.shape == w.shape and gb.shape == b.shape
+    np.testing.assert_allclose((gx * x).sum(), inner, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose((gw * w).sum(), inner, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(gb, gy.sum(axis=(0, 2, 3)), rtol=1e-12)
+
+
+GRAD_CASES = [
+    (1, 2, 5, 4, 3, 3, 1, 1, 1, 1),
+    (2, 4, 5, 5, 4, 3, 2, 1, 1, 2),
+    (1, 3, 6, 5, 3, 3, 1, 1, 2, 3),
+    (1, 2, 5, 6, 2, (2, 3), (2, 1), (0, 1), 1, 1),
+    (1, 18, 4, 4, 2, 3, 1, 1, 1, 1),           # shifted-GEMM path
+    (1, 3, 5, 5, 2, 1, 2, 0, 1, 1),            # 1x1 stride 2: gx is zero off the grid
+]
+
+
+@pytest.mark.parametrize("case", GRAD_CASES, ids=str)
+def test_conv2d_backward_numeric(case):
+    x, w, b, s, p, d, G = _conv_args(case, seed=3)
+    y = K.conv2d_forward(x, w, b, s, p, d, G)
+    gy = rng(4).standard_normal(y.shape)
+
+    def f():
+        return float((K.conv2d_forward(x, w, b, s, p, d, G) * gy).sum())
+
+    gx, gw, gb = K.conv2d_backward(x, w, gy, s, p, d, G)
+    np.testing.assert_allclose(gx, numeric_grad(f, x), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(gw, numeric_grad(f, w), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(gb, numeric_grad(f, b), rtol=1e-6, atol=1e-7)
+
+
+def test_conv2d_backward_need_flags():
+    x, w, b, s, p, d, G = _conv_args(CONV_CASES[0])
+    gy = rng(5).standard_normal(K.conv2d_forward(x, w, b, s, p, d, G).shape)
+    full = K.conv2d_backward(x, w, gy, s, p, d, G)
+    for need in itertools.product([False, True], repeat=3):
+        got = K.conv2d_backward(x, w, gy, s, p, d, G, need=need)
+        for want, g, ref in zip(need, got, full):
+            if want:
+                np.testing.assert_array_equal(g, ref)
+            else:
+                assert g is None
+
+
+@pytest.mark.parametrize("case", [CONV_CASES[0], CONV_CASES[3], CONV_CASES[4],
+                                  CONV_CASES[12], CONV_CASES[13]], ids=str)
+def test_conv2d_float32_stays_float32(case):
+    x, w, b, s, p, d, G = _conv_args(case, dtype=np.float32)
+    y = K.conv2d_forward(x, w, b, s, p, d, G)
+    assert y.dtype == np.float32
+    ref = ref_conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), s, p, d, G)
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+    gy = rng(6).standard_normal(y.shape).astype(np.float32)
+    gx, gw, gb = K.conv2d_backward(x, w, gy, s, p, d, G)
+    assert gx.dtype == gw.dtype == gb.dtype == np.float32
+    gx64, gw64, gb64 = K.conv2d_backward(x.astype(np.float64), w.astype(np.float64),
+                                         gy.astype(np.float64), s, p, d, G)
+    np.testing.assert_allclose(gx, gx64, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gw, gw64, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gb, gb64, rtol=1e-4, atol=1e-4)
+
+
+def test_conv2d_non_contiguous_inputs():
+    x, w, b, s, p, d, G = _conv_args(CONV_CASES[12])
+    # the same values through transposed / strided views
+    xs = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    ws = np.asfortranarray(w)
+    big = np.zeros((b.size, 3))
+    big[:, 1] = b
+    bs = big[:, 1]
+    assert not xs.flags.c_contiguous and not ws.flags.c_contiguous and not bs.flags.c_contiguous
+    y = K.conv2d_forward(xs, ws, bs, s, p, d, G)
+    np.testing.assert_allclose(y, K.conv2d_forward(x, w, b, s, p, d, G), rtol=1e-12, atol=1e-12)
+    gy = rng(7).standard_normal(y.shape)
+    gys = gy[:, ::-1][:, ::-1]          # a view with negative strides, same values
+    for got, want in zip(K.conv2d_backward(xs, ws, gys, s, p, d, G),
+                         K.conv2d_backward(x, w, gy, s, p, d, G)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_conv2d_larger_float32_against_float64():
+    """A size where the BLAS paths run with many rows; float32 within tolerance."""
+    r = rng(8)
+    x = r.standard_normal((4, 32, 12, 12)).astype(np.float32)
+    w = (r.standard_normal((16, 32, 3, 3)) * 0.1).astype(np.float32)
+    b = r.standard_normal(16).astype(np.float32)
+    y = K.conv2d_forward(x, w, b, (1, 1), (1, 1), (1, 1), 1)
+    y64 = K.conv2d_forward(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
+                           (1, 1), (1, 1), (1, 1), 1)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, y64, rtol=1e-4, atol=1e-4)
+    # a spot check of the float64 result against the definition
+    np.testing.assert_allclose(
+        y64[:1], ref_conv2d(x[:1].astype(np.float64), w.astype(np.float64),
+                            b.astype(np.float64), 1, 1, 1, 1), rtol=1e-10, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------
+# max pooling
+
+# (shape, kernel, stride, padding)
+POOL_CASES = [
+    ((2, 3, 8, 8), 2, 2, 0),
+    ((2, 2, 9, 7), 2, 2, 0),          # odd sizes: the last row / column is dropped
+    ((1, 2, 9, 8), 3, 2, 1),          # overlapping windows, padding
+    ((1, 3, 7, 7), 3, 1, 1),
+    ((2, 1, 6, 7), (3, 2), (1, 2), (1, 0)),
+    ((1, 2, 8, 8), 2, 3, 1),          # stride larger than the window
+    ((1, 1, 5, 5), 5, 1, 2),
+]
+
+
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool2d_forward_matches_reference(case, dtype):
+    shape, k, s, p = case
+    x = rng(10).standard_normal(shape).astype(dtype)
+    y, arg = K.max_pool2d_forward(x, pair(k), pair(s), pair(p))
+    ry, rarg = ref_pool(x, k, s, p, "max")
+    assert y.dtype == dtype and arg.dtype == np.int32 and arg.shape == y.shape
+    np.testing.assert_array_equal(y, ry.astype(dtype))
+    np.testing.assert_array_equal(arg, rarg)
+
+
+def test_max_pool2d_ties_first_maximum_wins():
+    # integer-valued data with many ties, including ties across overlapping windows
+    x = rng(11).integers(0, 3, size=(2, 3, 9, 9)).astype(np.float32)
+    for k, s, p in [(2, 2, 0), (3, 1, 1), (3, 2, 1), (2, 1, 0)]:
+        y, arg = K.max_pool2d_forward(x, pair(k), pair(s), pair(p))
+        ry, rarg = ref_pool(x, k, s, p, "max")
+        np.testing.assert_array_equal(y, ry)
+        np.testing.assert_array_equal(arg, rarg)
+    # all equal: every window points at its top-left (in-bounds) element
+    ones = np.ones((1, 1, 4, 4), np.float32)
+    _, arg = K.max_pool2d_forward(ones, (2, 2), (2, 2), (0, 0))
+    np.testing.assert_array_equal(arg[0, 0], [[0, 2], [8, 10]])
+    _, arg = K.max_pool2d_forward(ones, (3, 3), (2, 2), (1, 1))
+    np.testing.assert_array_equal(arg[0, 0], [[0, 1], [4, 5]])
+
+
+def test_max_pool2d_padding_is_minus_infinity():
+    x = -np.full((1, 1, 3, 3), 5.0)
+    x[0, 0, 1, 1] = -7.0
+    y, arg = K.max_pool2d_forward(x, (2, 2), (2, 2), (1, 1))
+    np.testing.assert_array_equal(y[0, 0], [[-5, -5], [-5, -5]])   # never the zero of padding
+    # windows: {(0,0)}, {(0,1),(0,2)}, {(1,0),(2,0)}, {(1,1)=-7,(1,2),(2,1),(2,2)}
+    np.testing.assert_array_equal(arg[0, 0], [[0, 1], [3, 5]])
+    # a window whose values are all -inf still points in bounds, at its first element
+    x = np.full((1, 1, 2, 2), -np.inf)
+    y, arg = K.max_pool2d_forward(x, (2, 2), (1, 1), (1, 1))
+    assert np.all(np.isneginf(y))
+    assert arg.min() >= 0 and arg.max() < 4
+    np.testing.assert_array_equal(arg[0, 0], [[0, 0, 1], [0, 0, 1], [2, 2, 3]])
+
+
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+def test_max_pool2d_backward(case):
+    shape, k, s, p = case
+    x = rng(12).standard_normal(shape)            # distinct values: differentiable
+    y, arg = K.max_pool2d_forward(x, pair(k), pair(s), pair(p))
+    gy = rng(13).standard_normal(y.shape)
+    gx = K.max_pool2d_backward(gy, arg, x.shape, pair(k), pair(s), pair(p))
+    assert gx.shape == x.shape and gx.dtype == np.float64
+
+    def f():
+        return float((K.max_pool2d_forward(x, pair(k), pair(s), pair(p))[0] * gy).sum())
+
+    np.testing.assert_allclose(gx, numeric_grad(f, x), rtol=1e-6, atol=1e-8)
+    # the same from an explicit scatter-add (overlapping windows accumulate)
+    want = np.zeros(x.shape)
+    N, C = shape[:2]
+    for n, c in itertools.product(range(N), range(C)):
+        np.add.at(want[n, c].reshape(-1), arg[n, c].reshape(-1), gy[n, c].reshape(-1))
+    np.testing.assert_allclose(gx, want, rtol=1e-12, atol=1e-12)
+
+
+def test_max_pool2d_overlapping_windows_accumulate():
+    x = np.zeros((1, 1, 3, 3), np.float32)
+    x[0, 0, 1, 1] = 1.0                           # the maximum of all four 2x2 windows
+    y, arg = K.max_pool2d_forward(x, (2, 2), (1, 1), (0, 0))
+    np.testing.assert_array_equal(arg[0, 0], [[4, 4], [4, 4]])
+    gy = np.array([[[[1.0, 2.0], [3.0, 4.0]]]], np.float32)
+    gx = K.max_pool2d_backward(gy, arg, x.shape, (2, 2), (1, 1), (0, 0))
+    assert gx.dtype == np.float32
+    want = np.zeros((3, 3), np.float32)
+    want[1, 1] = 10.0
+    np.testing.assert_array_equal(gx[0, 0], want)
+
+
+def test_max_pool2d_non_contiguous_and_float32():
+    x = rng(14).standard_normal((2, 8, 6, 4)).astype(np.float32)
+    xs = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    y, arg = K.max_pool2d_forward(xs, (2, 2), (2, 2), (0, 0))
+    y2, arg2 = K.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0))
+    np.testing.assert_array_equal(y, y2)
+    np.testing.assert_array_equal(arg, arg2)
+    gy = rng(15).standard_normal(y.shape).astype(np.float32)
+    gx = K.max_pool2d_backward(gy.T.copy().T, arg.T.copy().T, x.shape, (2, 2), (2, 2), (0, 0))
+    assert gx.dtype == np.float32 and gx.flags.c_contiguous
+    np.testing.assert_array_equal(gx, K.max_pool2d_backward(gy, arg, x.shape, (2, 2), (2, 2), (0, 0)))
+
+
+# ---------------------------------------------------------------------------
+# average pooling
+
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+@pytest.mark.parametrize("include", [True, False])
+def test_avg_pool2d(case, include):
+    shape, k, s, p = case
+    x = rng(16).standard_normal(shape)
+    y = K.avg_pool2d_forward(x, pair(k), pair(s), pair(p), include)
+    np.testing.assert_allclose(y, ref_pool(x, k, s, p, "avg_incl" if include else "avg_excl"),
+                               rtol=1e-12, atol=1e-12)
+    gy = rng(17).standard_normal(y.shape)
+    gx = K.avg_pool2d_backward(gy, x.shape, pair(k), pair(s), pair(p), include)
+
+    def f():
+        return float((K.avg_pool2d_forward(x, pair(k), pair(s), pair(p), include) * gy).sum())
+
+    np.testing.assert_allclose(gx, numeric_grad(f, x), rtol=1e-6, atol=1e-8)
+    x32, gy32 = x.astype(np.float32), gy.astype(np.float32)
+    y32 = K.avg_pool2d_forward(x32, pair(k), pair(s), pair(p), include)
+    gx32 = K.avg_pool2d_backward(gy32, x.shape, pair(k), pair(s), pair(p), include)
+    assert y32.dtype == gx32.dtype == np.float32
+    np.testing.assert_allclose(y32, y, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gx32, gx, rtol=1e-5, atol=1e-6)
+
+
+def test_avg_pool2d_count_include_pad_by_hand():
+    x = np.ones((1, 1, 2, 2))
+    incl = K.avg_pool2d_forward(x, (2, 2), (2, 2), (1, 1), True)
+    excl = K.avg_pool2d_forward(x, (2, 2), (2, 2), (1, 1), False)
+    np.testing.assert_allclose(incl[0, 0], [[0.25, 0.25], [0.25, 0.25]])
+    np.testing.assert_allclose(excl[0, 0], [[1.0, 1.0], [1.0, 1.0]])
+    g = K.avg_pool2d_backward(np.ones((1, 1, 2, 2)), x.shape, (2, 2), (2, 2), (1, 1), False)
+    np.testing.assert_allclose(g[0, 0], np.ones((2, 2)))
+    g = K.avg_pool2d_backward(np.ones((1, 1, 2, 2)), x.shape, (2, 2), (2, 2), (1, 1), True)
+    np.testing.assert_allclose(g[0, 0], np.full((2, 2), 0.25))
+
+
+# ---------------------------------------------------------------------------
+# softmax cross-entropy
+
+def test_softmax_xent_by_hand():
+    z = np.array([[0.0, 0.0], [1.0, 2.0], [3.0, 1.0]])
+    y = np.array([0, 1, 1])
+    loss, lse = K.softmax_cross_entropy_forward(z, y, 0.0)
+    np.testing.assert_allclose(lse, [np.log(2), np.log(np.e + np.e ** 2), np.log(np.e ** 3 + np.e)])
+    np.testing.assert_allclose(loss, [np.log(2), np.log(1 + np.exp(-1)), np.log(1 + np.exp(2))])
+    g = K.softmax_cross_entropy_backward(z, y, lse, np.array([1.0, 2.0, 0.5]), 0.0)
+    p1 = 1 / (1 + np.e)                            # softmax([1, 2])[0]
+    p2 = 1 / (1 + np.exp(-2))                      # softmax([3, 1])[0]
+    np.testing.assert_allclose(g, [[-0.5, 0.5], [2 * p1, -2 * p1], [0.5 * p2, -0.5 * p2]])
+
+
+def test_softmax_xent_label_smoothing_by_hand():
+    z = np.array([[1.0, 2.0, 4.0]])
+    y = np.array([2])
+    eps = 0.3
+    lse = np.log(np.exp(z).sum())
+    want = (1 - eps) * (lse - 4.0) + eps * np.mean(lse - z[0])
+    loss, got_lse = K.softmax_cross_entropy_forward(z, y, eps)
+    np.testing.assert_allclose(got_lse, [lse])
+    np.testing.assert_allclose(loss, [want])
+    g = K.softmax_cross_entropy_backward(z, y, got_lse, np.array([1.0]), eps)
+    p = np.exp(z[0] - lse)
+    target = np.array([eps / 3, eps / 3, 1 - eps + eps / 3])
+    np.testing.assert_allclose(g[0], p - target)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_softmax_xent_numeric_gradient(eps):
+    r = rng(20)
+    z = r.standard_normal((4, 5)) * 3
+    y = r.integers(0, 5, 4)
+    gl = r.standard_normal(4)
+    loss, lse = K.softmax_cross_entropy_forward(z, y, eps)
+    g = K.softmax_cross_entropy_backward(z, y, lse, gl, eps)
+
+    def f():
+        return float((K.softmax_cross_entropy_forward(z, y, eps)[0] * gl).sum())
+
+    np.testing.assert_allclose(g, numeric_grad(f, z), rtol=1e-6, atol=1e-8)
+    # with unit upstream gradients each row of the gradient sums to zero
+    g1 = K.softmax_cross_entropy_backward(z, y, lse, np.ones(4), eps)
+    np.testing.assert_allclose(g1.sum(axis=1), 0.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+def test_softmax_xent_float32_and_huge_logits(eps):
+    r = rng(21)
+    z = (r.standard_normal((6, 10)) * 1e4).astype(np.float32)
+    z[0] = 1e4                                    # ties at the top
+    z[1, 3] = -1e4
+    y = r.integers(0, 10, 6)
+    loss, lse = K.softmax_cross_entropy_forward(z, y, eps)
+    assert loss.dtype == lse.dtype == np.float32
+    assert np.all(np.isfinite(loss)) and np.all(np.isfinite(lse))
+    z64 = z.astype(np.float64)
+    m = z64.max(axis=1)
+    want_lse = m + np.log(np.exp(z64 - m[:, None]).sum(axis=1))
+    np.testing.assert_allclose(lse, want_lse, rtol=1e-6)
+    np.testing.assert_allclose(lse[0], 1e4 + np.log(10), rtol=1e-6)
+    want = (1 - eps) * (want_lse - z64[np.arange(6), y]) + eps * (want_lse - z64.mean(axis=1))
+    np.testing.assert_allclose(loss, want, rtol=1e-4, atol=1e-2)
+    g = K.softmax_cross_entropy_backward(z, y, lse, np.ones(6, np.float32), eps)
+    assert g.dtype == np.float32 and np.all(np.isfinite(g))
+    p = np.exp(z64 - want_lse[:, None])
+    t = np.full(z.shape, eps / 10)
+    t[np.arange(6), y] += 1 - eps
+    np.testing.assert_allclose(g, p - t, atol=1e-5)
+
+
+def test_softmax_xent_small_loss_next_to_huge_logits():
+    z = np.array([[1e4, 1e4 - 1.0, -1e4]], np.float32)
+    loss, lse = K.softmax_cross_entropy_forward(z, np.array([0]), 0.0)
+    np.testing.assert_allclose(loss, [np.log1p(np.exp(-1.0))], rtol=1e-5)
+    loss, lse = K.softmax_cross_entropy_forward(z, np.array([0]), 0.5)
+    want = 0.5 * np.log1p(np.exp(-1.0)) + 0.5 * np.mean(np.log1p(np.exp(-1.0)) + np.array([0, 1, 2e4]))
+    np.testing.assert_allclose(loss, [want], rtol=1e-5)
+
+
+def test_softmax_xent_non_contiguous_and_int_labels():
+    r = rng(22)
+    z = r.standard_normal((5, 7)).astype(np.float32)
+    zs = np.asfortranarray(z)
+    for labels in (np.array([0, 6, 3, 3, 1], np.int32), np.array([0, 6, 3, 3, 1], np.int64)):
+        loss, lse = K.softmax_cross_entropy_forward(zs, labels, 0.1)
+        loss2, lse2 = K.softmax_cross_entropy_forward(z, labels, 0.1)
+        np.testing.assert_array_equal(loss, loss2)
+        np.testing.assert_array_equal(lse, lse2)
+        gl = np.ones(5, np.float32)
+        np.testing.assert_array_equal(
+            K.softmax_cross_entropy_backward(zs, labels, lse, gl, 0.1),
+            K.softmax_cross_entropy_backward(z, labels, lse2, gl, 0.1))
+
+
+# ---------------------------------------------------------------------------
+# the contract
+
+def test_backend_exports_these_functions():
+    names = ["conv2d_forward", "conv2d_backward", "max_pool2d_forward", "max_pool2d_backward",
+             "avg_pool2d_forward", "avg_pool2d_backward",
+             "softmax_cross_entropy_forward", "softmax_cross_entropy_backward"]
+    for n in names:
+        assert callable(getattr(K, n))

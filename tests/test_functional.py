@@ -1,0 +1,307 @@
+"""gpudl.nn.functional: conv, pooling, losses, batch norm, on every device.
+
+Forward passes against slow, obviously-correct loop references written here;
+backward passes against float64 central differences.
+"""
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+import gpudl
+import gpudl.nn.functional as F
+from gpudl.testing import gradcheck
+from helpers import t, close
+
+rng = np.random.default_rng(1)
+
+
+def ref_conv2d(x, w, b, stride, padding, dilation, groups):
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    og = o // groups
+    y = np.zeros((n, o, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            patch = xp[:, :, i * sh: i * sh + dh * (kh - 1) + 1: dh, j * sw: j * sw + dw * (kw - 1) + 1: dw]
+            for g in range(groups):
+                pg = patch[:, g * cg:(g + 1) * cg]
+                wg = w[g * og:(g + 1) * og]
+                y[:, g * og:(g + 1) * og, i, j] = np.einsum("nckl,ockl->no", pg, wg)
+    if b is not None:
+        y += b[None, :, None, None]
+    return y
+
+
+def ref_pool(x, kernel, stride, padding, mode, count_include_pad=True):
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    y = np.zeros((n, c, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            h0, w0 = i * sh - ph, j * sw - pw
+            hs, ws = slice(max(h0, 0), min(h0 + kh, h)), slice(max(w0, 0), min(w0 + kw, w))
+            win = x[:, :, hs, ws]
+            if mode == "max":
+                y[:, :, i, j] = win.max((2, 3))
+            else:
+                count = kh * kw if count_include_pad else win.shape[2] * win.shape[3]
+                if count_include_pad:   # the window clipped to the padded input
+                    count = (min(h0 + kh, h + ph) - max(h0, -ph)) * (min(w0 + kw, w + pw) - max(w0, -pw))
+                y[:, :, i, j] = win.sum((2, 3)) / count
+    return y
+
+
+CONV_CASES = [
+    # (N, C, H, W), (O, kh, kw), stride, padding, dilation, groups
+    ((2, 3, 7, 6), (4, 3, 3), 1, 1, 1, 1),
+    ((1, 2, 5, 5), (3, 1, 1), 1, 0, 1, 1),
+    ((2, 4, 9, 8), (6, 3, 2), (2, 1), (1, 0), 1, 2),
+    ((1, 3, 11, 10), (2, 3, 3), 2, 2, 2, 1),
+    ((2, 4, 6, 7), (4, 3, 3), 1, 1, 1, 4),       # depthwise
+    ((1, 1, 5, 5), (1, 5, 5), 1, 0, 1, 1),       # kernel the size of the input
+    ((3, 2, 4, 5), (5, 2, 3), 3, (1, 2), (1, 2), 1),
+]
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else v
+
+
+@pytest.mark.parametrize("xs,ws,stride,padding,dilation,groups", CONV_CASES)
+def test_conv2d_forward(device, xs, ws, stride, padding, dilation, groups):
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal((ws[0], xs[1] // groups, ws[1], ws[2])).astype(np.float32)
+    b = rng.standard_normal(ws[0]).astype(np.float32)
+    y = F.conv2d(t(x, device), t(w, device), t(b, device), stride, padding, dilation, groups)
+    ref = ref_conv2d(x.astype(np.float64), w, b, _pair(stride), _pair(padding), _pair(dilation), groups)
+    assert y.dtype == np.float32 and y.shape == ref.shape
+    close(y, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", [0, 2, 3, 4, 6])
+def test_conv2d_gradcheck(device, case):
+    xs, ws, stride, padding, dilation, groups = CONV_CASES[case]
+    xs = (1,) + xs[1:]
+    x = t(rng.standard_normal(xs), device, requires_grad=True)
+    w = t(rng.standard_normal((ws[0], xs[1] // groups, ws[1], ws[2])), device, requires_grad=True)
+    b = t(rng.standard_normal(ws[0]), device, requires_grad=True)
+    assert gradcheck(lambda x, w, b: F.conv2d(x, w, b, stride, padding, dilation, groups), [x, w, b])
+
+
+def test_conv2d_without_bias_and_only_weight_grad(device):
+    x = t(rng.standard_normal((2, 3, 5, 5)), device)
+    w = t(rng.standard_normal((2, 3, 3, 3)), device, requires_grad=True)
+    y = F.conv2d(x, w, padding=1)
+    y.sum().backward()
+    assert x.grad is None and w.grad.shape == (2, 3, 3, 3)
+    assert gradcheck(lambda w: F.conv2d(x, w, stride=2), [w])
+
+
+POOL_CASES = [
+    ((2, 3, 8, 8), 2, None, 0),
+    ((1, 2, 7, 9), 3, 2, 1),
+    ((2, 1, 5, 6), (2, 3), (1, 2), (1, 1)),
+    ((1, 2, 6, 6), 3, 1, 0),       # overlapping windows
+    ((1, 1, 4, 4), 4, None, 0),
+]
+
+
+@pytest.mark.parametrize("xs,k,s,p", POOL_CASES)
+def test_max_pool2d(device, xs, k, s, p):
+    x = rng.permutation(int(np.prod(xs))).reshape(xs).astype(np.float64) * 0.1 - 3
+    y = F.max_pool2d(t(x, device, dtype=np.float32), k, s, p)
+    kk = _pair(k)
+    ref = ref_pool(x, kk, _pair(s) if s is not None else kk, _pair(p), "max")
+    close(y, ref, rtol=1e-6)
+    xt = t(x, device, requires_grad=True)
+    assert gradcheck(lambda a: F.max_pool2d(a, k, s, p), [xt])
+
+
+@pytest.mark.parametrize("xs,k,s,p", POOL_CASES)
+@pytest.mark.parametrize("include", [True, False])
+def test_avg_pool2d(device, xs, k, s, p, include):
+    x = rng.standard_normal(xs)
+    y = F.avg_pool2d(t(x, device, dtype=np.float32), k, s, p, count_include_pad=include)
+    kk = _pair(k)
+    ref = ref_pool(x, kk, _pair(s) if s is not None else kk, _pair(p), "avg", include)
+    close(y, ref, rtol=1e-5, atol=1e-6)
+    xt = t(x, device, requires_grad=True)
+    assert gradcheck(lambda a: F.avg_pool2d(a, k, s, p, count_include_pad=include), [xt])
+
+
+def test_max_pool_gradient_goes_to_the_first_maximum(device):
+    x = t(np.ones((1, 1, 2, 4)), device, requires_grad=True)
+    F.max_pool2d(x, 2).sum().backward()
+    assert x.grad.tolist() == [[[[1, 0, 1, 0], [0, 0, 0, 0]]]]
+
+
+def test_adaptive_avg_pool2d(device):
+    x = rng.standard_normal((2, 3, 4, 6))
+    close(F.adaptive_avg_pool2d(t(x, device), 1), x.mean((2, 3), keepdims=True), rtol=1e-6)
+    close(F.adaptive_avg_pool2d(t(x, device), (2, 3)), ref_pool(x, (2, 2), (2, 2), (0, 0), "avg"), rtol=1e-6)
+    xt = t(x, device, requires_grad=True)
+    assert gradcheck(lambda a: F.adaptive_avg_pool2d(a, 1), [xt])
+    with pytest.raises(ValueError, match="divide"):
+        F.adaptive_avg_pool2d(xt, 5)
+
+
+# ---- losses ----------------------------------------------------------------------
+
+def test_cross_entropy_hand_computed(device):
+    logits = t([[1.0, 2.0, 3.0], [1.0, 1.0, 1.0]], device)
+    target = gpudl.tensor([2, 0], device=device)
+    l0 = -math.log(math.exp(3) / (math.exp(1) + math.exp(2) + math.exp(3)))
+    l1 = math.log(3)
+    close(F.cross_entropy(logits, target, reduction="none"), [l0, l1], rtol=1e-6)
+    close(F.cross_entropy(logits, target), (l0 + l1) / 2, rtol=1e-6)
+    close(F.cross_entropy(logits, target, reduction="sum"), l0 + l1, rtol=1e-6)
+    # label smoothing: (1 - eps) * nll + eps * mean_j(-log p_j)
+    lp = np.log(np.exp([1, 2, 3]) / np.exp([1, 2, 3]).sum())
+    expected = 0.9 * -lp[2] + 0.1 * -lp.mean()
+    close(F.cross_entropy(logits[:1], target[:1], label_smoothing=0.1), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_gradcheck(device, smoothing, reduction):
+    x = t(rng.standard_normal((4, 5)) * 3, device, requires_grad=True)
+    y = gpudl.tensor([0, 4, 2, 2], device=device)
+    assert gradcheck(lambda a: F.cross_entropy(a, y, reduction, smoothing), [x])
+
+
+def test_cross_entropy_is_stable_for_huge_logits(device):
+    x = t([[1e4, 0.0, -1e4], [-1e4, 1e4, 1e4]], device, requires_grad=True)
+    y = gpudl.tensor([1, 0], device=device)
+    loss = F.cross_entropy(x, y)
+    close(loss, (1e4 + 2e4 + math.log(2)) / 2, rtol=1e-6)
+    loss.backward()
+    assert np.isfinite(x.grad.numpy()).all()
+    close(x.grad, [[0.5, -0.5, 0.0], [-0.5, 0.25, 0.25]], atol=1e-6)
+
+
+def test_cross_entropy_ignore_index_and_extra_dims(device):
+    x = t(rng.standard_normal((3, 4)), device, requires_grad=True)
+    y = gpudl.tensor([1, -100, 3], device=device)
+    full = F.cross_entropy(x, gpudl.tensor([1, 0, 3], device=device), reduction="none").numpy()
+    close(F.cross_entropy(x, y), (full[0] + full[2]) / 2, rtol=1e-6)
+    assert gradcheck(lambda a: F.cross_entropy(a, y), [x])
+    x4 = t(rng.standard_normal((2, 3, 2, 2)), device)
+    y4 = gpudl.tensor(rng.integers(0, 3, (2, 2, 2)), device=device)
+    flat = F.cross_entropy(x4.permute(0, 2, 3, 1).reshape(-1, 3), y4.reshape(-1))
+    close(F.cross_entropy(x4, y4), flat.numpy(), rtol=1e-6)
+
+
+def test_multiclass_hinge_hand_computed(device):
+    # CS231n's example: scores of three images over three classes
+    s = t([[3.2, 5.1, -1.7], [1.3, 4.9, 2.0], [2.2, 2.5, -3.1]], device)
+    y = gpudl.tensor([0, 1, 2], device=device)
+    per = F.multiclass_hinge_loss(s, y, reduction="none")
+    close(per, [2.9, 0.0, 12.9], rtol=1e-5)
+    close(F.multiclass_hinge_loss(s, y), 15.8 / 3, rtol=1e-5)
+    xt = t(rng.standard_normal((4, 5)), device, requires_grad=True)
+    yy = gpudl.tensor([0, 1, 4, 2], device=device)
+    assert gradcheck(lambda a: F.multiclass_hinge_loss(a, yy, margin=0.5), [xt])
+
+
+def test_multiclass_hinge_relates_to_torch_multi_margin_loss():
+    torch = pytest.importorskip("torch")
+    s = rng.standard_normal((6, 4))
+    y = rng.integers(0, 4, 6)
+    ours = F.multiclass_hinge_loss(gpudl.tensor(s), gpudl.tensor(y)).item()
+    theirs = torch.nn.functional.multi_margin_loss(torch.tensor(s), torch.tensor(y)).item()
+    assert abs(ours / 4 - theirs) < 1e-9
+
+
+def test_nll_mse_bce(device):
+    lp = rng.standard_normal((3, 4))
+    y = np.array([3, 0, 1])
+    close(F.nll_loss(t(lp, device), gpudl.tensor(y, device=device)), -lp[np.arange(3), y].mean(), rtol=1e-9)
+    a, b = rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
+    close(F.mse_loss(t(a, device), t(b, device), "sum"), ((a - b) ** 2).sum(), rtol=1e-9)
+    x = np.array([[-1e4, 0.3, 50.0]])
+    z = np.array([[0.0, 1.0, 1.0]])
+    ref = np.maximum(x, 0) - x * z + np.log1p(np.exp(-np.abs(x)))
+    close(F.binary_cross_entropy_with_logits(t(x, device), t(z, device), "none"), ref, rtol=1e-9)
+    for fn, args in ((F.nll_loss, (t(lp, device, True), gpudl.tensor(y, device=device))),
+                     (F.mse_loss, (t(a, device, True), t(b, device, True))),
+                     (F.binary_cross_entropy_with_logits, (t(a, device, True), t(z * np.ones((2, 1)), device)))):
+        assert gradcheck(fn, list(args))
+
+
+def test_l2_penalty(device):
+    ws = [t(rng.standard_normal((3, 2)), device, True), t(rng.standard_normal(4), device, True)]
+    close(F.l2_penalty(ws), sum((w.numpy() ** 2).sum() for w in ws), rtol=1e-9)
+    assert gradcheck(lambda a, b: F.l2_penalty([a, b]), ws)
+
+
+def test_linear_one_hot_dropout(device):
+    x, w, b = rng.standard_normal((5, 3)), rng.standard_normal((4, 3)), rng.standard_normal(4)
+    close(F.linear(t(x, device), t(w, device), t(b, device)), x @ w.T + b, rtol=1e-9)
+    assert gradcheck(F.linear, [t(x, device, True), t(w, device, True), t(b, device, True)])
+    assert F.one_hot(gpudl.tensor([0, 2, 1], device=device), 4).tolist() == \
+        [[1, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0]]
+    with pytest.raises(ValueError, match=r"\[0, 2\]"):
+        F.one_hot(gpudl.tensor([3], device=device), 3)
+    assert F.dropout(t(x, device), 0.5, training=False).shape == (5, 3)
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 5), (3, 2, 4, 5)])
+def test_batch_norm(device, shape):
+    x = rng.standard_normal(shape) * 2 + 1
+    c = shape[1]
+    axes = (0,) + tuple(range(2, len(shape)))
+    w, b = rng.standard_normal(c), rng.standard_normal(c)
+    rm, rv = gpudl.zeros(c, dtype="float64", device=device), gpudl.ones(c, dtype="float64", device=device)
+    y = F.batch_norm(t(x, device), rm, rv, t(w, device), t(b, device), training=True, momentum=0.1)
+    bshape = [1] * len(shape)
+    bshape[1] = c
+    mu, var = x.mean(axes), x.var(axes)
+    ref = (x - mu.reshape(bshape)) / np.sqrt(var.reshape(bshape) + 1e-5) * w.reshape(bshape) + b.reshape(bshape)
+    close(y, ref, rtol=1e-9, atol=1e-9)
+    m = x.size // c
+    close(rm, 0.1 * mu, rtol=1e-9)
+    close(rv, 0.9 + 0.1 * var * m / (m - 1), rtol=1e-9)
+    y_eval = F.batch_norm(t(x, device), rm, rv, t(w, device), t(b, device), training=False)
+    ref_eval = (x - rm.numpy().reshape(bshape)) / np.sqrt(rv.numpy().reshape(bshape) + 1e-5) \
+        * w.reshape(bshape) + b.reshape(bshape)
+    close(y_eval, ref_eval, rtol=1e-9)
+    args = [t(x, device, True), t(w, device, True), t(b, device, True)]
+    assert gradcheck(lambda a, ww, bb: F.batch_norm(a, None, None, ww, bb, training=True), args)
+    assert gradcheck(lambda a, ww, bb: F.batch_norm(a, rm, rv, ww, bb, training=False), args)
+
+
+# ---- bad input ---------------------------------------------------------------------
+
+def test_bad_input_gets_clear_errors(device):
+    x = gpudl.zeros(2, 3, 8, 8, device=device)
+    w = gpudl.zeros(4, 3, 3, 3, device=device)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\).*\(3, 8, 8\)"):
+        F.conv2d(x[0], w)
+    with pytest.raises(ValueError, match="3 channels.*expects 6"):
+        F.conv2d(x, gpudl.zeros(4, 6, 3, 3, device=device))
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        F.conv2d(x, gpudl.zeros(4, 3, 11, 3, device=device), padding=1)
+    with pytest.raises(ValueError, match="bias of shape \\(4,\\)"):
+        F.conv2d(x, w, gpudl.zeros(3, device=device))
+    with pytest.raises(ValueError, match="stride >= 1"):
+        F.conv2d(x, w, stride=0)
+    with pytest.raises(ValueError, match="at most half"):
+        F.max_pool2d(x, 2, padding=2)
+    logits = gpudl.zeros(2, 3, device=device)
+    with pytest.raises(ValueError, match=r"class 3, expected classes in \[0, 2\]"):
+        F.cross_entropy(logits, gpudl.tensor([0, 3], device=device))
+    with pytest.raises(ValueError, match="class -1"):
+        F.multiclass_hinge_loss(logits, gpudl.tensor([0, -1], device=device))
+    with pytest.raises(TypeError, match="integer class indices.*float32"):
+        F.cross_entropy(logits, gpudl.tensor([0.0, 1.0], device=device))
+    with pytest.raises(ValueError, match=r"target of shape \(2,\)"):
+        F.cross_entropy(logits, gpudl.tensor([0, 1, 1], device=device))
+    with pytest.raises(ValueError, match="reduction"):
+        F.cross_entropy(logits, gpudl.tensor([0, 1], device=device), reduction="avg")

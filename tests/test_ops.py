@@ -1,0 +1,206 @@
+"""Every core op: forward against NumPy, backward against float64 central differences."""
+import math
+
+import numpy as np
+import pytest
+import scipy.special
+
+import gpudl
+from gpudl.testing import gradcheck
+from helpers import t, close
+
+rng = np.random.default_rng(0)
+
+
+def pos(*shape):
+    return rng.uniform(0.5, 2.0, shape)
+
+
+def any_(*shape):
+    return rng.standard_normal(shape)
+
+
+def apart(*shape):
+    """Distinct values spaced apart (no ties) for max/min/clip/relu gradchecks."""
+    n = int(np.prod(shape))
+    vals = (rng.permutation(n) - n / 2 + 0.37) * 0.1
+    return vals.reshape(shape)
+
+
+def _np_softmax(x, ax):
+    e = np.exp(x - x.max(ax, keepdims=True))
+    return e / e.sum(ax, keepdims=True)
+
+
+def _np_gelu(x):
+    return 0.5 * x * (1 + scipy.special.erf(x / math.sqrt(2)))
+
+
+# (id, gpudl function, numpy reference, input makers)
+CASES = [
+    ("add", lambda a, b: a + b, np.add, [any_(3, 4), any_(4)]),
+    ("add_scalar", lambda a: 2.5 + a, lambda a: 2.5 + a, [any_(2, 3)]),
+    ("sub", lambda a, b: a - b, np.subtract, [any_(2, 1, 3), any_(4, 1)]),
+    ("rsub", lambda a: 1.0 - a, lambda a: 1.0 - a, [any_(5)]),
+    ("mul", lambda a, b: a * b, np.multiply, [any_(3, 1), any_(1, 5)]),
+    ("div", lambda a, b: a / b, np.divide, [any_(3, 4), pos(3, 4)]),
+    ("rdiv", lambda a: 2.0 / a, lambda a: 2.0 / a, [pos(3)]),
+    ("pow", lambda a, b: a ** b, np.power, [pos(3, 4), any_(4)]),
+    ("pow_scalar", lambda a: a ** 3, lambda a: a ** 3, [any_(2, 3)]),
+    ("rpow", lambda a: 2.0 ** a, lambda a: 2.0 ** a, [any_(4)]),
+    ("neg", lambda a: -a, np.negative, [any_(3)]),
+    ("exp", gpudl.exp, np.exp, [any_(3, 2)]),
+    ("log", gpudl.log, np.log, [pos(3, 2)]),
+    ("sqrt", gpudl.sqrt, np.sqrt, [pos(4)]),
+    ("abs", gpudl.abs, np.abs, [apart(2, 3)]),
+    ("maximum", gpudl.maximum, np.maximum, [apart(3, 4), apart(4) + 0.013]),
+    ("minimum", gpudl.minimum, np.minimum, [apart(3, 4), apart(3, 1) + 0.013]),
+    ("clip", lambda a: gpudl.clip(a, -0.3, 0.4), lambda a: np.clip(a, -0.3, 0.4), [apart(3, 5)]),
+    ("clip_min", lambda a: a.clamp(min=0.05), lambda a: np.maximum(a, 0.05), [apart(6)]),
+    ("matmul", gpudl.matmul, np.matmul, [any_(3, 4), any_(4, 5)]),
+    ("matmul_batched", gpudl.matmul, np.matmul, [any_(2, 3, 4), any_(4, 2)]),
+    ("matmul_bcast", gpudl.matmul, np.matmul, [any_(2, 1, 3, 4), any_(3, 4, 2)]),
+    ("matmul_vec", gpudl.matmul, np.matmul, [any_(4), any_(4, 3)]),
+    ("matmul_matvec", gpudl.matmul, np.matmul, [any_(2, 4), any_(4)]),
+    ("matmul_dot", gpudl.matmul, np.matmul, [any_(4), any_(4)]),
+    ("sum", lambda a: a.sum(), np.sum, [any_(3, 4)]),
+    ("sum_axis", lambda a: a.sum(1), lambda a: a.sum(1), [any_(3, 4, 2)]),
+    ("sum_keep", lambda a: a.sum((0, 2), keepdim=True), lambda a: a.sum((0, 2), keepdims=True), [any_(3, 4, 2)]),
+    ("mean", lambda a: a.mean(-1), lambda a: a.mean(-1), [any_(3, 4)]),
+    ("max", lambda a: a.max(), np.max, [apart(3, 4)]),
+    ("max_axis", lambda a: a.max(0), lambda a: a.max(0), [apart(3, 4)]),
+    ("min_keep", lambda a: a.min(1, keepdim=True), lambda a: a.min(1, keepdims=True), [apart(3, 4)]),
+    ("var", lambda a: a.var(), lambda a: a.var(ddof=1), [any_(3, 4)]),
+    ("var_axis", lambda a: a.var(0, correction=0), lambda a: a.var(0), [any_(5, 3)]),
+    ("std", lambda a: a.std(1, keepdim=True), lambda a: a.std(1, ddof=1, keepdims=True), [any_(3, 6)]),
+    ("logsumexp", lambda a: gpudl.logsumexp(a, 1), lambda a: scipy.special.logsumexp(a, 1), [any_(3, 5)]),
+    ("reshape", lambda a: a.reshape(4, -1), lambda a: a.reshape(4, -1), [any_(2, 3, 2)]),
+    ("flatten", lambda a: a.flatten(1), lambda a: a.reshape(2, -1), [any_(2, 3, 2)]),
+    ("transpose", lambda a: a.transpose(0, 2), lambda a: a.swapaxes(0, 2), [any_(2, 3, 4)]),
+    ("permute", lambda a: a.permute(1, 2, 0), lambda a: a.transpose(1, 2, 0), [any_(2, 3, 4)]),
+    ("T", lambda a: a.T, lambda a: a.T, [any_(2, 3)]),
+    ("squeeze", lambda a: a.squeeze(), np.squeeze, [any_(2, 1, 3, 1)]),
+    ("unsqueeze", lambda a: a.unsqueeze(1), lambda a: a[:, None], [any_(2, 3)]),
+    ("expand", lambda a: a.expand(3, 2, 4), lambda a: np.broadcast_to(a, (3, 2, 4)), [any_(2, 1)]),
+    ("getitem_basic", lambda a: a[1:, None, ::2, 0], lambda a: a[1:, None, ::2, 0], [any_(3, 5, 2)]),
+    ("getitem_int_array", lambda a: a[[0, 2, 0, 1]], lambda a: a[[0, 2, 0, 1]], [any_(3, 2)]),
+    ("getitem_mixed", lambda a: a[[1, 1], :, [0, 2]], lambda a: a[[1, 1], :, [0, 2]], [any_(2, 3, 4)]),
+    ("getitem_bool", lambda a: a[a > 0], lambda a: a[a > 0], [apart(3, 4)]),
+    ("cat", lambda a, b: gpudl.cat([a, b, a], 1), lambda a, b: np.concatenate([a, b, a], 1), [any_(2, 3), any_(2, 1)]),
+    ("stack", lambda a, b: gpudl.stack([a, b], -1), lambda a, b: np.stack([a, b], -1), [any_(2, 3), any_(2, 3)]),
+    ("split", lambda a: gpudl.split(a, [1, 3], 1)[1], lambda a: a[:, 1:], [any_(2, 4)]),
+    ("chunk", lambda a: a.chunk(2, 0)[1], lambda a: a[2:], [any_(3, 2)]),
+    ("pad", lambda a: gpudl.pad(a, (1, 2, 0, 1), 0.5),
+     lambda a: np.pad(a, ((0, 0), (0, 1), (1, 2)), constant_values=0.5), [any_(2, 2, 3)]),
+    ("where", lambda a, b: gpudl.where(a > 0, a, b), lambda a, b: np.where(a > 0, a, b), [apart(3, 4), any_(4)]),
+    ("relu", gpudl.relu, lambda a: np.maximum(a, 0), [apart(3, 4)]),
+    ("leaky_relu", lambda a: gpudl.leaky_relu(a, 0.1), lambda a: np.where(a > 0, a, 0.1 * a), [apart(3, 4)]),
+    ("sigmoid", gpudl.sigmoid, scipy.special.expit, [any_(3, 4) * 4]),
+    ("tanh", gpudl.tanh, np.tanh, [any_(3, 4)]),
+    ("gelu", gpudl.gelu, _np_gelu, [any_(3, 4) * 2]),
+    ("gelu_tanh", lambda a: gpudl.gelu(a, approximate="tanh"),
+     lambda a: 0.5 * a * (1 + np.tanh(math.sqrt(2 / math.pi) * (a + 0.044715 * a ** 3))), [any_(3, 4) * 2]),
+    ("softmax", lambda a: gpudl.softmax(a, 1), lambda a: _np_softmax(a, 1), [any_(3, 5)]),
+    ("softmax0", lambda a: gpudl.softmax(a, 0), lambda a: _np_softmax(a, 0), [any_(3, 5)]),
+    ("log_softmax", lambda a: gpudl.log_softmax(a, -1), lambda a: np.log(_np_softmax(a, -1)), [any_(3, 5)]),
+]
+
+
+@pytest.mark.parametrize("name,fn,ref,inputs", CASES, ids=[c[0] for c in CASES])
+def test_forward_float32(device, name, fn, ref, inputs):
+    args = [t(a, device, dtype=np.float32) for a in inputs]
+    out = fn(*args)
+    assert out.device == device
+    assert out.dtype == np.float32, f"{name} changed float32 to {out.dtype}"
+    close(out, ref(*[a.astype(np.float32) for a in inputs]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,fn,ref,inputs", CASES, ids=[c[0] for c in CASES])
+def test_gradcheck_float64(device, name, fn, ref, inputs):
+    args = [t(a, device, requires_grad=True, dtype=np.float64) for a in inputs]
+    close(fn(*args), ref(*inputs), rtol=1e-12, atol=1e-12)
+    assert gradcheck(fn, args)
+
+
+def test_logsumexp_and_softmax_are_stable(device):
+    x = t([[1e4, 0.0, -1e4], [-1e4, -1e4, -1e4]], device, requires_grad=True)
+    lse = gpudl.logsumexp(x, 1)
+    close(lse, [1e4, -1e4 + math.log(3)], rtol=1e-6)
+    s = gpudl.log_softmax(x, 1)
+    assert np.isfinite(s.numpy()[:, :2]).all()
+    lse.sum().backward()
+    assert np.isfinite(x.grad.numpy()).all()
+    close(gpudl.softmax(x, 1).sum(1), [1.0, 1.0])
+    close(gpudl.sigmoid(t([-1e4, 1e4], device)), [0.0, 1.0])
+
+
+def test_argmax_argmin(device):
+    a = np.array([[1.0, 5.0, 5.0], [7.0, -1.0, 2.0]], dtype=np.float32)
+    x = t(a, device)
+    assert x.argmax().item() == 3
+    assert x.argmax(1).tolist() == [1, 0]        # first of the tied maxima
+    assert x.argmin(0, keepdim=True).tolist() == [[0, 1, 1]]
+    assert x.argmax(1).dtype == np.int64
+
+
+def test_comparisons_have_no_grad(device):
+    x = t([1.0, 2.0, 3.0], device, requires_grad=True)
+    m = x > 1.5
+    assert m.dtype == np.bool_ and not m.requires_grad
+    assert m.tolist() == [False, True, True]
+    assert (x == 2.0).tolist() == [False, True, False]
+    assert (~m).tolist() == [True, False, False]
+
+
+def test_dropout_is_seeded_and_scaled(device):
+    x = gpudl.ones(1000, 10, device=device, requires_grad=True)
+    gpudl.manual_seed(7)
+    a = gpudl.dropout(x, 0.3)
+    gpudl.manual_seed(7)
+    b = gpudl.dropout(x, 0.3)
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    vals = np.unique(a.numpy())
+    np.testing.assert_allclose(vals, [0.0, 1 / 0.7], rtol=1e-6)
+    assert abs((a.numpy() == 0).mean() - 0.3) < 0.02
+    a.sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), a.numpy())
+    assert gpudl.dropout(x, 0.3, training=False) is x
+
+
+def test_dropout_gradcheck(device):
+    x = t(any_(4, 5), device, requires_grad=True, dtype=np.float64)
+
+    def f(a):
+        gpudl.manual_seed(3)
+        return gpudl.dropout(a, 0.5)
+    assert gradcheck(f, [x])
+
+
+def test_integer_and_bool_promotion(device):
+    i = gpudl.arange(4, device=device)
+    assert i.dtype == np.int64
+    assert (i + 1).dtype == np.int64
+    assert (i * 0.5).dtype == np.float32
+    assert (i / 2).dtype == np.float32
+    f = gpudl.ones(4, device=device)
+    assert (f + i).dtype == np.float32 and (i * f).dtype == np.float32
+    d = gpudl.ones(2, dtype="float64", device=device)
+    assert (d * 2.0).dtype == np.float64
+    assert (gpudl.ones(2, device=device) * np.float64(2.0)).dtype == np.float32
+    assert gpudl.tensor([True, False], device=device).sum().item() == 1
+
+
+def test_setitem_and_clone(device):
+    x = gpudl.zeros(2, 3, device=device)
+    x[0, 1:] = 5.0
+    x[1] = gpudl.tensor([1.0, 2.0, 3.0], device=device)
+    assert x.tolist() == [[0, 5, 5], [1, 2, 3]]
+    w = gpudl.ones(2, device=device, requires_grad=True)
+    with pytest.raises(RuntimeError, match="in-place"):
+        w[0] = 3.0
+    with gpudl.no_grad():
+        w[0] = 3.0
+    assert w.tolist() == [3.0, 1.0]
+    c = w.clone()
+    (c * c).sum().backward()
+    close(w.grad, [6.0, 2.0])

