@@ -1,0 +1,31 @@
+"""Run pytest in a child process whose emulated kernels are built with AddressSanitizer.
+
+    python -m gpudl.testing.asan_run tests/test_kernels_emulated.py [pytest args...]
+
+An out-of-bounds read or write in any ``.cu`` kernel then aborts the run with
+ASan's report, so CI fails instead of passing on a silent memory error.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from .cuda_emulator import EmulatorError, asan_env
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        env = dict(os.environ, **asan_env())
+    except EmulatorError as e:
+        print(f"asan_run: cannot build with AddressSanitizer here: {e}", file=sys.stderr)
+        return 1
+    # the nvcc compile checks need no sanitizer; skip them in this pass
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not nvcc", *argv]
+    print("asan_run:", " ".join(cmd), flush=True)
+    return subprocess.call(cmd, env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
