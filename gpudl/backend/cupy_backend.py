@@ -1,0 +1,519 @@
+"""GPU backend: ``xp = cupy`` plus the kernel-level ops as RawKernel launches.
+
+See :mod:`gpudl.backend` for the contract every backend fulfils.
+
+The backend is built by :func:`make_backend` from its parts, and the code
+below is written only against them:
+
+``xp``          the array module (``cupy`` on a GPU; ``numpy`` under the
+                CUDA emulator in :mod:`gpudl.testing`)
+``get_module``  ``get_module("conv2d.cu")`` -> an object with
+                ``get_function(name)``; the function is called exactly like
+                a ``cupy.RawKernel``: ``fn(grid, block, args, shared_mem=0)``
+``special``     ``cupyx.scipy.special`` or ``scipy.special`` (for ``erf``)
+
+:func:`cuda_backend` assembles the real one.  CuPy is imported only there,
+so this module imports fine on a machine without CuPy.
+
+Every kernel launch goes through :func:`launch`, which refuses, before the
+launch, anything a kernel could misread: an array of another array type or
+device, a non-C-contiguous array (a view with strides), a Python ``int`` or
+``float`` (the kernel's parameter types are fixed: ``int`` dims are passed as
+``numpy.int32``, ``T`` scalars as ``numpy.float32``/``numpy.float64``), a
+malformed grid.  The public wrappers above it check shapes and dtypes (and
+name both dtypes on a mismatch), make *inputs* C-contiguous, allocate every
+output themselves and compute the grid explicitly: 1-D grids of
+``ceil(n / 256)`` blocks of 256 threads (kernels use grid-stride loops, so
+the grid may be capped), and one block per row for the softmax loss.
+
+Convolution is im2col (``conv2d_im2col_*``, one thread per column element)
+plus a batched ``xp.matmul`` per group for the forward pass and the weight
+gradient; the data gradient is ``W^T @ gy`` followed by a gather col2im
+(``conv2d_col2im_*``, one thread per input pixel).  1x1 stride-1 unpadded
+convolutions skip im2col.  The batch is processed in chunks so the column
+buffer stays under ``_COLS_BUDGET_BYTES``.  Every kernel is deterministic
+(no atomics).
+"""
+from __future__ import annotations
+
+import contextlib
+import operator
+import types
+
+import numpy
+
+from . import BACKEND_API
+
+__all__ = ["make_backend", "cuda_backend", "launch", "KernelArgumentError"]
+
+BLOCK = 256                       # threads per block of the 1-D launches
+_MAX_GRID_X = 2 ** 31 - 1         # CUDA's limit on gridDim.x
+_MAX_GRID_YZ = 65535
+_INT32_MAX = 2 ** 31 - 1
+_COLS_BUDGET_BYTES = 256 << 20    # im2col buffer per chunk of the batch
+
+_SUFFIX = {numpy.dtype(numpy.float32): "f32", numpy.dtype(numpy.float64): "f64"}
+_SCALAR_TYPES = (numpy.int32, numpy.int64, numpy.float32, numpy.float64)
+_ARRAY_DTYPES = frozenset(numpy.dtype(t) for t in _SCALAR_TYPES)
+
+
+class KernelArgumentError(ValueError):
+    """An argument a kernel cannot take safely (a view, a Python int, ...)."""
+
+
+# --------------------------------------------------------------------------
+# the launch choke point
+
+
+def _check_dims(dims, what, limits):
+    if isinstance(dims, (int, numpy.integer)) and not isinstance(dims, bool):
+        dims = (dims,)
+    if not isinstance(dims, tuple) or not 1 <= len(dims) <= 3:
+        raise KernelArgumentError(f"{what}: expected a tuple of 1 to 3 ints, got {dims!r}")
+    for d, lim in zip(dims, limits):
+        if isinstance(d, bool) or not isinstance(d, (int, numpy.integer)) or not 1 <= d <= lim:
+            raise KernelArgumentError(f"{what}: each entry must be an int in [1, {lim}], got {dims!r}")
+    return tuple(int(d) for d in dims)
+
+
+def launch(xp, get_module, filename, kernel, grid, block, args, shared_mem=0,
+           device_index=None):
+    """Validate ``args`` and launch ``kernel`` from ``filename``.
+
+    Arrays must be ``xp`` arrays, C-contiguous, of a dtype a kernel takes
+    (float32/float64/int32/int64) and, when ``device_index`` is given, on
+    that device.  Scalars must already be ``numpy.int32`` / ``numpy.int64``
+    / ``numpy.float32`` / ``numpy.float64``.  Anything else raises
+    :class:`KernelArgumentError` (or ``TypeError``) and nothing is launched.
+    """
+    grid = _check_dims(grid, f"{kernel}: grid", (_MAX_GRID_X, _MAX_GRID_YZ, _MAX_GRID_YZ))
+    block = _check_dims(block, f"{kernel}: block", (1024, 1024, 64))
+    if numpy.prod(block) > 1024:
+        raise KernelArgumentError(f"{kernel}: block {block} has more than 1024 threads")
+    args = tuple(args)
+    for i, a in enumerate(args):
+        where = f"{kernel}: argument {i}"
+        if isinstance(a, xp.ndarray):
+            if a.dtype not in _ARRAY_DTYPES:
+                raise TypeError(f"{where}: arrays of dtype {a.dtype} are not taken by any kernel "
+                                "(expected float32, float64, int32 or int64)")
+            if not a.flags.c_contiguous:
+                raise KernelArgumentError(
+                    f"{where}: expected a C-contiguous array, got one of shape {a.shape} with "
+                    f"strides {a.strides}; kernels index flat memory and would misread a view")
+            if device_index is not None and a.device.id != device_index:
+                raise KernelArgumentError(
+                    f"{where}: array is on cuda:{a.device.id}, the kernel runs on cuda:{device_index}")
+        elif isinstance(a, _SCALAR_TYPES):
+            pass
+        elif isinstance(a, numpy.ndarray) or hasattr(a, "__cuda_array_interface__"):
+            raise TypeError(f"{where}: a {type(a).__module__}.{type(a).__name__} was passed to a "
+                            f"kernel that takes {xp.__name__} arrays")
+        else:
+            raise TypeError(
+                f"{where}: expected an array or a numpy.int32/int64/float32/float64 scalar, "
+                f"got {type(a).__name__} {a!r} (a Python number has no fixed C type)")
+    fn = get_module(filename).get_function(kernel)
+    fn(grid, block, args, shared_mem=shared_mem)
+
+
+# --------------------------------------------------------------------------
+# small argument helpers
+
+
+def _i32(v, what):
+    """A non-negative-or-any int that fits the kernels' ``int`` parameters."""
+    v = operator.index(v)
+    if not -_INT32_MAX - 1 <= v <= _INT32_MAX:
+        raise ValueError(f"{what} = {v} does not fit the kernels' 32-bit int parameters")
+    return numpy.int32(v)
+
+
+def _pair(v, what, minimum):
+    if isinstance(v, (int, numpy.integer)) and not isinstance(v, bool):
+        v = (int(v), int(v))
+    try:
+        a, b = v
+        a, b = operator.index(a), operator.index(b)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what}: expected an int or a pair of ints, got {v!r}") from None
+    if isinstance(v[0], bool) or isinstance(v[1], bool) or a < minimum or b < minimum:
+        raise ValueError(f"{what}: expected ints >= {minimum}, got {v!r}")
+    return a, b
+
+
+def _shape4(s, what):
+    try:
+        s = tuple(operator.index(d) for d in s)
+    except TypeError:
+        raise TypeError(f"{what}: expected a shape (N, C, H, W), got {s!r}") from None
+    if len(s) != 4 or min(s) < 0:
+        raise ValueError(f"{what}: expected a shape (N, C, H, W), got {s!r}")
+    return s
+
+
+def _blocks(n):
+    return min(-(-n // BLOCK), _MAX_GRID_X)
+
+
+# --------------------------------------------------------------------------
+# the backend
+
+
+class _Backend:
+    def __init__(self, xp, get_module, special, name, device_index=None):
+        self.xp = xp
+        self.name = name
+        self._get_module = get_module
+        self._special = special
+        self._device_index = device_index
+        self._is_cupy = device_index is not None and hasattr(xp, "cuda")
+
+    # ---- plumbing -------------------------------------------------------
+
+    def _scope(self):
+        if self._is_cupy:
+            return self.xp.cuda.Device(self._device_index)
+        return contextlib.nullcontext()
+
+    def asarray(self, a, dtype=None):
+        with self._scope():
+            return self.xp.asarray(a, dtype=dtype)
+
+    def to_numpy(self, a):
+        get = getattr(a, "get", None)
+        if get is not None and not isinstance(a, numpy.ndarray):
+            return get()
+        return numpy.asarray(a)
+
+    def is_array(self, a):
+        return isinstance(a, self.xp.ndarray)
+
+    def from_dlpack(self, obj):
+        with self._scope():
+            return self.xp.from_dlpack(obj)
+
+    def erf(self, a):
+        with self._scope():
+            return self._special.erf(a)
+
+    def default_rng(self, seed):
+        with self._scope():
+            return self.xp.random.default_rng(seed)
+
+    def synchronize(self):
+        if self._is_cupy:
+            with self._scope():
+                self.xp.cuda.get_current_stream().synchronize()
+        return None
+
+    # ---- validation -------------------------------------------------------
+
+    def _array(self, a, what, ndim=None, dtypes=None):
+        """Check an input array; returns it C-contiguous (inputs may be copied)."""
+        if not self.is_array(a):
+            raise TypeError(f"{what}: expected a {self.name} array ({self.xp.__name__}.ndarray), "
+                            f"got {type(a).__module__}.{type(a).__name__}")
+        if ndim is not None and a.ndim != ndim:
+            raise ValueError(f"{what}: expected {ndim} dimensions, got shape {tuple(a.shape)}")
+        if dtypes is None:
+            if a.dtype not in _SUFFIX:
+                raise TypeError(f"{what}: expected float32 or float64, got {a.dtype}")
+        elif a.dtype not in dtypes:
+            raise TypeError(f"{what}: expected {' or '.join(str(d) for d in dtypes)}, got {a.dtype}")
+        if self._is_cupy and a.device.id != self._device_index:
+            raise ValueError(f"{what}: array is on cuda:{a.device.id}, this backend is "
+                             f"cuda:{self._device_index}")
+        return self.xp.ascontiguousarray(a)
+
+    @staticmethod
+    def _same_dtype(a, b, an, bn):
+        if a.dtype != b.dtype:
+            raise TypeError(f"{an} is {a.dtype} but {bn} is {b.dtype}; they must have the same dtype")
+
+    def _launch(self, filename, kernel, grid, block, args):
+        launch(self.xp, self._get_module, filename, kernel, grid, block, args,
+               device_index=self._device_index if self._is_cupy else None)
+
+    def _launch1d(self, filename, kernel, n, args):
+        if n > 0:
+            self._launch(filename, kernel, (_blocks(n),), (BLOCK,), args)
+
+    # ---- convolution ------------------------------------------------------
+
+    def _conv_geometry(self, x_shape, w_shape, stride, padding, dilation, groups):
+        N, C, H, W = x_shape
+        O, Cg, kH, kW = w_shape
+        sh, sw = _pair(stride, "conv2d stride", 1)
+        ph, pw = _pair(padding, "conv2d padding", 0)
+        dh, dw = _pair(dilation, "conv2d dilation", 1)
+        if isinstance(groups, bool):
+            raise TypeError(f"conv2d groups: expected an int >= 1, got {groups!r}")
+        groups = operator.index(groups)
+        if groups < 1:
+            raise ValueError(f"conv2d groups: expected an int >= 1, got {groups}")
+        if C != Cg * groups:
+            raise ValueError(f"conv2d: x has {C} channels but w of shape {tuple(w_shape)} with "
+                             f"groups={groups} expects {Cg * groups}")
+        if O % groups:
+            raise ValueError(f"conv2d: {O} output channels are not divisible by groups={groups}")
+        if min(kH, kW) < 1:
+            raise ValueError(f"conv2d: kernel size must be positive, got w of shape {tuple(w_shape)}")
+        Ho = (H + 2 * ph - dh * (kH - 1) - 1) // sh + 1
+        Wo = (W + 2 * pw - dw * (kW - 1) - 1) // sw + 1
+        if Ho < 1 or Wo < 1:
+            raise ValueError(
+                f"conv2d: input {H}x{W} with padding {(ph, pw)} is smaller than the dilated "
+                f"kernel {dh * (kH - 1) + 1}x{dw * (kW - 1) + 1} (output would be {Ho}x{Wo})")
+        for v, what in ((N, "batch"), (C, "channels"), (H + 2 * ph, "padded height"),
+                        (W + 2 * pw, "padded width"), (C * kH * kW, "C*kH*kW")):
+            _i32(v, f"conv2d {what}")
+        pointwise = (kH == 1 and kW == 1 and (sh, sw) == (1, 1) and (ph, pw) == (0, 0))
+        return dict(N=N, C=C, H=H, W=W, O=O, Cg=Cg, kH=kH, kW=kW, sh=sh, sw=sw, ph=ph,
+                    pw=pw, dh=dh, dw=dw, g=groups, Ho=Ho, Wo=Wo, pointwise=pointwise)
+
+    @staticmethod
+    def _chunks(geo, itemsize):
+        per_image = geo["C"] * geo["kH"] * geo["kW"] * geo["Ho"] * geo["Wo"] * itemsize
+        nb = max(1, min(geo["N"], _COLS_BUDGET_BYTES // max(per_image, 1)))
+        return [(n0, min(nb, geo["N"] - n0)) for n0 in range(0, geo["N"], nb)]
+
+    def _conv_scalars(self, geo, n0, nb):
+        return tuple(numpy.int32(v) for v in (
+            n0, nb, geo["C"], geo["H"], geo["W"], geo["kH"], geo["kW"], geo["sh"], geo["sw"],
+            geo["ph"], geo["pw"], geo["dh"], geo["dw"], geo["Ho"], geo["Wo"]))
+
+    def _cols(self, x, geo, n0, nb):
+        """Columns of images [n0, n0+nb) as (nb, groups, Cg*kH*kW, Ho*Wo)."""
+        g, Cg, L = geo["g"], geo["Cg"], geo["Ho"] * geo["Wo"]
+        if geo["pointwise"]:
+            return x[n0:n0 + nb].reshape(nb, g, Cg, L)
+        K = geo["C"] * geo["kH"] * geo["kW"]
+        cols = self.xp.empty((nb, K, L), dtype=x.dtype)
+        self._launch1d("conv2d.cu", f"conv2d_im2col_{_SUFFIX[x.dtype]}", nb * K * L,
+                       (x, cols) + self._conv_scalars(geo, n0, nb))
+        return cols.reshape(nb, g, K // g, L)
+
+    def conv2d_forward(self, x, w, b, stride, padding, dilation, groups):
+        with self._scope():
+            x = self._array(x, "conv2d x", 4)
+            w = self._array(w, "conv2d w", 4)
+            self._same_dtype(x, w, "conv2d x", "conv2d w")
+            geo = self._conv_geometry(x.shape, w.shape, stride, padding, dilation, groups)
+            if b is not None:
+                b = self._array(b, "conv2d b", 1)
+                self._same_dtype(x, b, "conv2d x", "conv2d b")
+                if b.shape[0] != geo["O"]:
+                    raise ValueError(f"conv2d b: expected shape ({geo['O']},), got {tuple(b.shape)}")
+            xp = self.xp
+            N, O, g, Ho, Wo = geo["N"], geo["O"], geo["g"], geo["Ho"], geo["Wo"]
+            y = xp.empty((N, O, Ho, Wo), dtype=x.dtype)
+            wg = w.reshape(g, O // g, -1)
+            for n0, nb in self._chunks(geo, x.dtype.itemsize):
+                cols = self._cols(x, geo, n0, nb)
+                y[n0:n0 + nb] = xp.matmul(wg, cols).reshape(nb, O, Ho, Wo)
+            if b is not None:
+                y += b.reshape(1, O, 1, 1)
+            return y
+
+    def conv2d_backward(self, x, w, gy, stride, padding, dilation, groups,
+                        need=(True, True, True)):
+        with self._scope():
+            need_x, need_w, need_b = (bool(v) for v in need)
+            x = self._array(x, "conv2d x", 4)
+            w = self._array(w, "conv2d w", 4)
+            gy = self._array(gy, "conv2d gy", 4)
+            self._same_dtype(x, w, "conv2d x", "conv2d w")
+            self._same_dtype(x, gy, "conv2d x", "conv2d gy")
+            geo = self._conv_geometry(x.shape, w.shape, stride, padding, dilation, groups)
+            N, C, H, W = x.shape
+            O, g, Ho, Wo = geo["O"], geo["g"], geo["Ho"], geo["Wo"]
+            if tuple(gy.shape) != (N, O, Ho, Wo):
+                raise ValueError(f"conv2d gy: expected shape {(N, O, Ho, Wo)}, got {tuple(gy.shape)}")
+            xp = self.xp
+            L, Og = Ho * Wo, O // g
+            gb = gy.sum(axis=(0, 2, 3)) if need_b else None
+            gx = xp.empty(x.shape, dtype=x.dtype) if need_x else None
+            gw = xp.zeros((g, Og, w[0].size), dtype=x.dtype) if need_w else None
+            wg = w.reshape(g, Og, -1)
+            if need_x or need_w:
+                for n0, nb in self._chunks(geo, x.dtype.itemsize):
+                    gyc = gy[n0:n0 + nb].reshape(nb, g, Og, L)
+                    if need_w:
+                        cols = self._cols(x, geo, n0, nb)            # (nb, g, Kg, L)
+                        Kg = cols.shape[2]
+                        # sum over the batch inside one matmul per group:
+                        # (g, Og, nb*L) @ (g, nb*L, Kg)
+                        gy_t = xp.ascontiguousarray(gyc.transpose(1, 2, 0, 3)).reshape(g, Og, nb * L)
+                        cols_t = xp.ascontiguousarray(cols.transpose(1, 0, 3, 2)).reshape(g, nb * L, Kg)
+                        gw += xp.matmul(gy_t, cols_t)
+                        del cols, cols_t, gy_t
+                    if need_x:
+                        gcols = xp.matmul(wg.transpose(0, 2, 1), gyc)  # (nb, g, Kg, L)
+                        if geo["pointwise"]:
+                            gx[n0:n0 + nb] = gcols.reshape(nb, C, H, W)
+                        else:
+                            gcols = xp.ascontiguousarray(gcols)
+                            self._launch1d("conv2d.cu", f"conv2d_col2im_{_SUFFIX[x.dtype]}",
+                                           nb * C * H * W,
+                                           (gcols, gx) + self._conv_scalars(geo, n0, nb))
+                        del gcols
+            if need_w:
+                gw = gw.reshape(w.shape)
+            return gx, gw, gb
+
+    # ---- pooling ----------------------------------------------------------
+
+    @staticmethod
+    def _pool_geometry(op, x_shape, kernel, stride, padding):
+        N, C, H, W = x_shape
+        kH, kW = _pair(kernel, f"{op} kernel", 1)
+        sh, sw = _pair(kernel if stride is None else stride, f"{op} stride", 1)
+        ph, pw = _pair(padding, f"{op} padding", 0)
+        if ph > kH // 2 or pw > kW // 2:
+            raise ValueError(f"{op}: padding {(ph, pw)} must be at most half the kernel "
+                             f"{(kH, kW)}")
+        Ho = (H + 2 * ph - kH) // sh + 1
+        Wo = (W + 2 * pw - kW) // sw + 1
+        if Ho < 1 or Wo < 1:
+            raise ValueError(f"{op}: input {H}x{W} with padding {(ph, pw)} is smaller than the "
+                             f"kernel {kH}x{kW} (output would be {Ho}x{Wo})")
+        for v, what in ((N, "batch"), (C, "channels"), (H * W, "H*W"),
+                        (H + 2 * ph, "padded height"), (W + 2 * pw, "padded width")):
+            _i32(v, f"{op} {what}")
+        return (N, C, H, W, kH, kW, sh, sw, ph, pw, Ho, Wo)
+
+    def _pool_backward_check(self, op, gy, x_shape, kernel, stride, padding):
+        x_shape = _shape4(x_shape, f"{op} x_shape")
+        geo = self._pool_geometry(op, x_shape, kernel, stride, padding)
+        N, C, Ho, Wo = geo[0], geo[1], geo[10], geo[11]
+        if tuple(gy.shape) != (N, C, Ho, Wo):
+            raise ValueError(f"{op} gy: expected shape {(N, C, Ho, Wo)} for x_shape {x_shape}, "
+                             f"got {tuple(gy.shape)}")
+        return x_shape, geo
+
+    def max_pool2d_forward(self, x, kernel, stride, padding):
+        with self._scope():
+            x = self._array(x, "max_pool2d x", 4)
+            geo = self._pool_geometry("max_pool2d", x.shape, kernel, stride, padding)
+            N, C, Ho, Wo = geo[0], geo[1], geo[10], geo[11]
+            y = self.xp.empty((N, C, Ho, Wo), dtype=x.dtype)
+            argmax = self.xp.empty((N, C, Ho, Wo), dtype=numpy.int32)
+            self._launch1d("pool2d.cu", f"max_pool2d_forward_{_SUFFIX[x.dtype]}", y.size,
+                           (x, y, argmax) + tuple(numpy.int32(v) for v in geo))
+            return y, argmax
+
+    def max_pool2d_backward(self, gy, argmax, x_shape, kernel, stride, padding):
+        with self._scope():
+            gy = self._array(gy, "max_pool2d gy", 4)
+            argmax = self._array(argmax, "max_pool2d argmax", 4, dtypes=(numpy.dtype(numpy.int32),))
+            if argmax.shape != gy.shape:
+                raise ValueError(f"max_pool2d argmax: expected the shape of gy {tuple(gy.shape)}, "
+                                 f"got {tuple(argmax.shape)}")
+            x_shape, geo = self._pool_backward_check("max_pool2d", gy, x_shape, kernel,
+                                                     stride, padding)
+            gx = self.xp.empty(x_shape, dtype=gy.dtype)
+            self._launch1d("pool2d.cu", f"max_pool2d_backward_{_SUFFIX[gy.dtype]}", gx.size,
+                           (gy, argmax, gx) + tuple(numpy.int32(v) for v in geo))
+            return gx
+
+    def avg_pool2d_forward(self, x, kernel, stride, padding, count_include_pad):
+        with self._scope():
+            x = self._array(x, "avg_pool2d x", 4)
+            geo = self._pool_geometry("avg_pool2d", x.shape, kernel, stride, padding)
+            N, C, Ho, Wo = geo[0], geo[1], geo[10], geo[11]
+            y = self.xp.empty((N, C, Ho, Wo), dtype=x.dtype)
+            self._launch1d("pool2d.cu", f"avg_pool2d_forward_{_SUFFIX[x.dtype]}", y.size,
+                           (x, y) + tuple(numpy.int32(v) for v in geo)
+                           + (numpy.int32(bool(count_include_pad)),))
+            return y
+
+    def avg_pool2d_backward(self, gy, x_shape, kernel, stride, padding, count_include_pad):
+        with self._scope():
+            gy = self._array(gy, "avg_pool2d gy", 4)
+            x_shape, geo = self._pool_backward_check("avg_pool2d", gy, x_shape, kernel,
+                                                     stride, padding)
+            gx = self.xp.empty(x_shape, dtype=gy.dtype)
+            self._launch1d("pool2d.cu", f"avg_pool2d_backward_{_SUFFIX[gy.dtype]}", gx.size,
+                           (gy, gx) + tuple(numpy.int32(v) for v in geo)
+                           + (numpy.int32(bool(count_include_pad)),))
+            return gx
+
+    # ---- softmax cross-entropy ------------------------------------------
+
+    def _xent_inputs(self, op, logits, labels, label_smoothing):
+        logits = self._array(logits, f"{op} logits", 2)
+        if not self.is_array(labels):
+            raise TypeError(f"{op} labels: expected a {self.name} array, got "
+                            f"{type(labels).__module__}.{type(labels).__name__}")
+        if labels.dtype.kind not in "iu":
+            raise TypeError(f"{op} labels: expected an integer array, got {labels.dtype}")
+        N, C = logits.shape
+        if tuple(labels.shape) != (N,):
+            raise ValueError(f"{op} labels: expected shape ({N},) for logits {tuple(logits.shape)}, "
+                             f"got {tuple(labels.shape)}")
+        labels = self._array(labels, f"{op} labels", 1, dtypes=(labels.dtype,))
+        labels = self.xp.ascontiguousarray(labels, dtype=numpy.int64)
+        if C < 1 and N > 0:
+            raise ValueError(f"{op} logits: need at least one class, got shape {(N, C)}")
+        _i32(N, f"{op} rows")
+        _i32(C, f"{op} classes")
+        eps = float(label_smoothing)
+        if not 0.0 <= eps <= 1.0:
+            raise ValueError(f"{op} label_smoothing: expected a value in [0, 1], got {label_smoothing!r}")
+        eps = logits.dtype.type(eps)
+        return logits, labels, N, C, eps
+
+    def softmax_cross_entropy_forward(self, logits, labels, label_smoothing):
+        op = "softmax_cross_entropy_forward"
+        with self._scope():
+            logits, labels, N, C, eps = self._xent_inputs(op, logits, labels, label_smoothing)
+            loss = self.xp.empty((N,), dtype=logits.dtype)
+            lse = self.xp.empty((N,), dtype=logits.dtype)
+            if N > 0:
+                threads = min(BLOCK, 32 * (-(-C // 32)))   # a multiple of 32
+                self._launch("softmax_xent.cu", f"{op}_{_SUFFIX[logits.dtype]}",
+                             (min(N, _MAX_GRID_X),), (threads,),
+                             (logits, labels, loss, lse, numpy.int32(N), numpy.int32(C), eps))
+            return loss, lse
+
+    def softmax_cross_entropy_backward(self, logits, labels, lse, gloss, label_smoothing):
+        op = "softmax_cross_entropy_backward"
+        with self._scope():
+            logits, labels, N, C, eps = self._xent_inputs(op, logits, labels, label_smoothing)
+            lse = self._array(lse, f"{op} lse", 1)
+            gloss = self._array(gloss, f"{op} gloss", 1)
+            self._same_dtype(logits, lse, f"{op} logits", f"{op} lse")
+            self._same_dtype(logits, gloss, f"{op} logits", f"{op} gloss")
+            for a, what in ((lse, "lse"), (gloss, "gloss")):
+                if tuple(a.shape) != (N,):
+                    raise ValueError(f"{op} {what}: expected shape ({N},), got {tuple(a.shape)}")
+            glogits = self.xp.empty((N, C), dtype=logits.dtype)
+            self._launch1d("softmax_xent.cu", f"{op}_{_SUFFIX[logits.dtype]}", N * C,
+                           (logits, labels, lse, gloss, glogits,
+                            numpy.int32(N), numpy.int32(C), eps))
+            return glogits
+
+
+def make_backend(xp, get_module, special, name, *, device_index=None):
+    """A backend namespace exposing exactly :data:`gpudl.backend.BACKEND_API`.
+
+    ``device_index`` (CuPy only) makes every call run under
+    ``cupy.cuda.Device(device_index)`` and rejects arrays of other devices.
+    """
+    impl = _Backend(xp, get_module, special, name, device_index)
+    return types.SimpleNamespace(**{n: getattr(impl, n) for n in BACKEND_API})
+
+
+def cuda_backend(index):
+    """The real GPU backend for ``cuda:index`` (CuPy, NVRTC-compiled kernels)."""
+    import cupy
+    import cupyx.scipy.special
+
+    from .kernels import cupy_module_loader
+
+    index = int(index)
+    with cupy.cuda.Device(index):
+        pass  # raises early and clearly for a device that does not exist
+    return make_backend(cupy, cupy_module_loader(index), cupyx.scipy.special, "cupy",
+                        device_index=index)

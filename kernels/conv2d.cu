@@ -1,0 +1,89 @@
+// conv2d.cu -- im2col / col2im for 2-D convolution (any stride, padding,
+// dilation; groups are handled by the host's batched matmul, because the
+// column layout below is the same with or without groups).
+//
+// Column layout, for a chunk of `nb` images starting at image `n0`:
+//     cols[n][c * kH * kW + kh * kW + kw][oh * Wo + ow]      (nb, C*kH*kW, Ho*Wo)
+// holds x[n0 + n][c][oh*sh - ph + kh*dh][ow*sw - pw + kw*dw] (0 outside x).
+// With groups g, rows [gi*Cg*kH*kW, (gi+1)*Cg*kH*kW) are group gi's, so
+// cols.reshape(nb, g, Cg*kH*kW, Ho*Wo) is what each group's matmul takes.
+//
+// conv2d_forward   = W_g @ im2col(x)
+// weight gradient  = gy_g @ im2col(x)^T        (summed over the batch)
+// data gradient    = col2im(W_g^T @ gy_g)      (col2im below is a gather:
+//                    every input pixel sums its own contributions, no atomics)
+#include "common.cuh"
+
+template <typename T>
+__device__ void im2col_impl(const T* __restrict__ x, T* __restrict__ cols,
+                            int n0, int nb, int C, int H, int W,
+                            int kH, int kW, int sh, int sw, int ph, int pw,
+                            int dh, int dw, int Ho, int Wo) {
+    const gd_index L = (gd_index)Ho * Wo;
+    const gd_index total = (gd_index)nb * C * kH * kW * L;
+    GD_KERNEL_LOOP(i, total) {
+        gd_index r = i;
+        const int ow = (int)(r % Wo); r /= Wo;
+        const int oh = (int)(r % Ho); r /= Ho;
+        const int kw = (int)(r % kW); r /= kW;
+        const int kh = (int)(r % kH); r /= kH;
+        const int c = (int)(r % C);   r /= C;
+        const gd_index n = r;  // image within the chunk
+        const int h = oh * sh - ph + kh * dh;
+        const int w = ow * sw - pw + kw * dw;
+        T v = T(0);
+        if (h >= 0 && h < H && w >= 0 && w < W)
+            v = x[(((gd_index)n0 + n) * C + c) * H * W + (gd_index)h * W + w];
+        cols[i] = v;
+    }
+}
+
+template <typename T>
+__device__ void col2im_impl(const T* __restrict__ cols, T* __restrict__ gx,
+                            int n0, int nb, int C, int H, int W,
+                            int kH, int kW, int sh, int sw, int ph, int pw,
+                            int dh, int dw, int Ho, int Wo) {
+    const gd_index L = (gd_index)Ho * Wo;
+    const gd_index total = (gd_index)nb * C * H * W;
+    GD_KERNEL_LOOP(i, total) {
+        gd_index r = i;
+        const int w = (int)(r % W); r /= W;
+        const int h = (int)(r % H); r /= H;
+        const gd_index nc = r;  // n * C + c within the chunk
+        const T* col = cols + nc * kH * kW * L;
+        T acc = T(0);
+        for (int kh = 0; kh < kH; ++kh) {
+            const int hh = h + ph - kh * dh;     // = oh * sh
+            if (hh < 0) break;                   // decreases with kh
+            if (hh % sh != 0) continue;
+            const int oh = hh / sh;
+            if (oh >= Ho) continue;
+            for (int kw = 0; kw < kW; ++kw) {
+                const int ww = w + pw - kw * dw;  // = ow * sw
+                if (ww < 0) break;
+                if (ww % sw != 0) continue;
+                const int ow = ww / sw;
+                if (ow >= Wo) continue;
+                acc += col[((gd_index)kh * kW + kw) * L + (gd_index)oh * Wo + ow];
+            }
+        }
+        gx[((gd_index)n0 * C) * H * W + i] = acc;
+    }
+}
+
+#define GD_CONV_ARGS int n0, int nb, int C, int H, int W, int kH, int kW,      \
+    int sh, int sw, int ph, int pw, int dh, int dw, int Ho, int Wo
+#define GD_CONV_PASS n0, nb, C, H, W, kH, kW, sh, sw, ph, pw, dh, dw, Ho, Wo
+
+extern "C" __global__ void conv2d_im2col_f32(const float* x, float* cols, GD_CONV_ARGS) {
+    im2col_impl<float>(x, cols, GD_CONV_PASS);
+}
+extern "C" __global__ void conv2d_im2col_f64(const double* x, double* cols, GD_CONV_ARGS) {
+    im2col_impl<double>(x, cols, GD_CONV_PASS);
+}
+extern "C" __global__ void conv2d_col2im_f32(const float* cols, float* gx, GD_CONV_ARGS) {
+    col2im_impl<float>(cols, gx, GD_CONV_PASS);
+}
+extern "C" __global__ void conv2d_col2im_f64(const double* cols, double* gx, GD_CONV_ARGS) {
+    col2im_impl<double>(cols, gx, GD_CONV_PASS);
+}
