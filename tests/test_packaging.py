@@ -32,6 +32,12 @@ def test_wheel_contains_every_kernel_source(wheel):
     for f in sources:
         assert f"gpudl/_kernels/{f}" in names, f"{f} is missing from the wheel"
     assert "gpudl/testing/cuda_emu.h" in names
+    pkg = os.path.join(ROOT, "gpudl")
+    for folder, _, files in os.walk(pkg):
+        for f in files:
+            if f.endswith(".py"):
+                rel = os.path.relpath(os.path.join(folder, f), ROOT).replace(os.sep, "/")
+                assert rel in names, f"{rel} is missing from the wheel (add its package to pyproject.toml)"
 
 
 def test_installed_copy_finds_its_kernels(wheel, tmp_path):
