@@ -160,3 +160,25 @@ def test_mismatched_shapes_name_both():
         a + b
     with pytest.raises(ValueError, match=r"\(2, 3\).*\(4,\)"):
         a @ b
+
+
+def test_leaf_gradients_own_writable_storage(device):
+    x = gpudl.ones(3, 4, device=device, requires_grad=True)
+    x.sum().backward()               # the gradient of sum is a broadcast view internally
+    x.grad.data *= 2                 # an optimizer may scale it in place
+    close(x.grad, np.full((3, 4), 2.0))
+    a = gpudl.ones(2, device=device, requires_grad=True)
+    b = gpudl.ones(2, device=device, requires_grad=True)
+    (a + b).sum().backward()
+    a.grad.data += 1                 # must not leak into b.grad
+    close(b.grad, [1.0, 1.0])
+
+
+def test_deepcopy_and_pickle_of_tensors():
+    import copy
+    import pickle
+    x = gpudl.tensor([1.0, 2.0])
+    y = copy.deepcopy(x)
+    assert y.device is x.device and y.tolist() == [1.0, 2.0]
+    z = pickle.loads(pickle.dumps(x))
+    assert z.device == x.device and z.tolist() == [1.0, 2.0]

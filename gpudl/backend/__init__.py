@@ -93,6 +93,19 @@ class Device:
     def xp(self):
         return self.backend.xp
 
+    # a Device is a handle on a process-wide backend: copies are the same object,
+    # pickles are the device's name
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce__(self):
+        if self.type not in ("cpu", "cuda"):
+            raise TypeError(f"a tensor on the {self} device cannot be pickled; move it to 'cpu' first")
+        return (resolve, (str(self),))
+
 
 _cpu_device = None
 _cuda_devices = {}
