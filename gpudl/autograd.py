@@ -235,9 +235,8 @@ def _accumulate_leaf(t, g):
     if g.shape != t.data.shape or g.dtype != t.data.dtype:
         g = _reduce_to(g, t.data.shape, t.data.dtype)
     if t.grad is None:
-        # own the storage: g may be a read-only broadcast view or shared with another leaf
-        if g.base is not None or not g.flags.writeable:
-            g = g.copy()
-        t.grad = Tensor._make(g, t.device)
+        # own the storage: g may be a broadcast view, the caller's gradient, or shared
+        # with another leaf (a + b hands both the same array)
+        t.grad = Tensor._make(g.copy(), t.device)
     else:
         t.grad = Tensor._make(t.grad.data + g, t.device)

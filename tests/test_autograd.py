@@ -172,6 +172,13 @@ def test_leaf_gradients_own_writable_storage(device):
     (a + b).sum().backward()
     a.grad.data += 1                 # must not leak into b.grad
     close(b.grad, [1.0, 1.0])
+    g = gpudl.ones(2, device=device)
+    c = gpudl.ones(2, device=device, requires_grad=True)
+    d = gpudl.ones(2, device=device, requires_grad=True)
+    (c + d).backward(g)
+    c.grad.data *= 5                 # neither d.grad nor the caller's g may change
+    close(d.grad, [1.0, 1.0])
+    close(g, [1.0, 1.0])
 
 
 def test_deepcopy_and_pickle_of_tensors():
