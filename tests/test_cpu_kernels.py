@@ -164,6 +164,46 @@ def test_conv2d_backward_adjoint(case):
     np.testing.assert_allclose(gb, gy.sum(axis=(0, 2, 3)), rtol=1e-12)
 
 
+def _random_conv_cases(n, seed):
+    r = rng(seed)
+    cases = []
+    while len(cases) < n:
+        kH, kW = (int(v) for v in r.integers(1, 5, 2))
+        sh, sw = (int(v) for v in r.integers(1, 4, 2))
+        dh, dw = (int(v) for v in r.integers(1, 3, 2))
+        ph, pw = (int(v) for v in r.integers(0, 4, 2))
+        G = int(r.choice([1, 1, 2, 3]))
+        Cg, Og = int(r.integers(1, 7)), int(r.integers(1, 4))   # both GEMM paths
+        H, W = (int(v) for v in r.integers(1, 10, 2))
+        if H + 2 * ph < dh * (kH - 1) + 1 or W + 2 * pw < dw * (kW - 1) + 1:
+            continue
+        cases.append((int(r.integers(1, 3)), Cg * G, H, W, Og * G, (kH, kW),
+                      (sh, sw), (ph, pw), (dh, dw), G))
+    return cases
+
+
+@pytest.mark.parametrize("case", _random_conv_cases(40, seed=123), ids=str)
+def test_conv2d_random_geometries(case, poisoned):
+    """Odd corners: padding wider than the kernel's reach, 1-pixel inputs,
+    strides past the kernel, mixed per-axis settings."""
+    x, w, b, s, p, d, G = _conv_args(case, seed=21)
+    y = K.conv2d_forward(x, w, b, s, p, d, G)
+    np.testing.assert_allclose(y, ref_conv2d(x, w, b, s, p, d, G), rtol=1e-10, atol=1e-10)
+    gy = rng(22).standard_normal(y.shape)
+    gx, gw, gb = K.conv2d_backward(x, w, gy, s, p, d, G)
+    inner = float((K.conv2d_forward(x, w, None, s, p, d, G) * gy).sum())
+    np.testing.assert_allclose((gx * x).sum(), inner, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose((gw * w).sum(), inner, rtol=1e-10, atol=1e-9)
+    # gx element by element: the adjoint identity holds for each basis input
+    e = np.zeros_like(x)
+    flat = e.reshape(-1)
+    for i in rng(23).choice(x.size, size=min(x.size, 5), replace=False):
+        flat[i] = 1.0
+        want = float((K.conv2d_forward(e, w, None, s, p, d, G) * gy).sum())
+        np.testing.assert_allclose(gx.reshape(-1)[i], want, rtol=1e-10, atol=1e-10)
+        flat[i] = 0.0
+
+
 GRAD_CASES = [
     (1, 2, 5, 4, 3, 3, 1, 1, 1, 1),
     (2, 4, 5, 5, 4, 3, 2, 1, 1, 2),
@@ -253,6 +293,97 @@ def test_conv2d_larger_float32_against_float64():
     np.testing.assert_allclose(
         y64[:1], ref_conv2d(x[:1].astype(np.float64), w.astype(np.float64),
                             b.astype(np.float64), 1, 1, 1, 1), rtol=1e-10, atol=1e-10)
+
+
+@pytest.fixture(params=[None, (4096, 1), (1024, 4)],
+                ids=["one-cpu-plain-blas", "cut-rows", "cut-rows-and-columns"])
+def threaded(monkeypatch, request):
+    """The GEMM strategies on tiny inputs: one CPU (plain BLAS calls, no
+    threads), or the thread-pool paths (cut GEMMs, split copies) forced, with
+    pieces small enough that uneven remainders occur everywhere; the third
+    setting also cuts the GEMMs' columns (as for wide layers)."""
+    if request.param is None:
+        monkeypatch.setattr(K, "_NCPU", 1)
+        return
+    small, min_chunk = request.param
+    monkeypatch.setattr(K, "_NCPU", max(2, K._NCPU))
+    monkeypatch.setattr(K, "_SMALL_MNK", small)
+    monkeypatch.setattr(K, "_MIN_CHUNK", min_chunk)
+    monkeypatch.setattr(K, "_POOL_MIN_MNK", 0)
+    monkeypatch.setattr(K, "_POOL_SPLIT_MIN", 0)
+    monkeypatch.setattr(K, "_BLOCK_ELEMS", 64)
+
+
+class _PoisonedNumpy:
+    """numpy, except that ``empty`` / ``empty_like`` hand out garbage (NaN, or
+    a huge integer): any element the kernels forget to write shows up."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def _poison(a):
+        if a.dtype.kind in "fc":
+            a.fill(np.nan)
+        elif a.dtype.kind in "iu":
+            a.fill(np.iinfo(a.dtype).max // 3)
+        return a
+
+    def empty(self, *args, **kwargs):
+        return self._poison(np.empty(*args, **kwargs))
+
+    def empty_like(self, *args, **kwargs):
+        return self._poison(np.empty_like(*args, **kwargs))
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    monkeypatch.setattr(K, "np", _PoisonedNumpy())
+
+
+@pytest.mark.parametrize("case", CONV_CASES + _random_conv_cases(12, seed=7), ids=str)
+def test_conv2d_threaded_paths_agree(case, threaded, poisoned):
+    x, w, b, s, p, d, G = _conv_args(case, seed=9)
+    y = K.conv2d_forward(x, w, b, s, p, d, G)
+    np.testing.assert_allclose(y, ref_conv2d(x, w, b, s, p, d, G), rtol=1e-10, atol=1e-10)
+    gy = rng(10).standard_normal(y.shape)
+    gx, gw, gb = K.conv2d_backward(x, w, gy, s, p, d, G)
+    inner = float((K.conv2d_forward(x, w, None, s, p, d, G) * gy).sum())
+    np.testing.assert_allclose((gx * x).sum(), inner, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose((gw * w).sum(), inner, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(gb, gy.sum(axis=(0, 2, 3)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("case", GRAD_CASES[:3], ids=str)
+def test_conv2d_threaded_backward_numeric(case, threaded):
+    x, w, b, s, p, d, G = _conv_args(case, seed=11)
+    gy = rng(12).standard_normal(K.conv2d_forward(x, w, b, s, p, d, G).shape)
+
+    def f():
+        return float((K.conv2d_forward(x, w, b, s, p, d, G) * gy).sum())
+
+    gx, gw, _ = K.conv2d_backward(x, w, gy, s, p, d, G)
+    np.testing.assert_allclose(gx, numeric_grad(f, x), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(gw, numeric_grad(f, w), rtol=1e-6, atol=1e-7)
+
+
+def test_pooling_threaded_paths_agree(threaded, poisoned):
+    x = rng(13).standard_normal((5, 3, 8, 9))
+    for k, s, p in [(2, 2, 0), (3, 2, 1), (2, 1, 0)]:
+        y, arg = K.max_pool2d_forward(x, pair(k), pair(s), pair(p))
+        ry, rarg = ref_pool(x, k, s, p, "max")
+        np.testing.assert_array_equal(y, ry)
+        np.testing.assert_array_equal(arg, rarg)
+        gy = rng(14).standard_normal(y.shape)
+        gx = K.max_pool2d_backward(gy, arg, x.shape, pair(k), pair(s), pair(p))
+        want = np.zeros(x.shape)
+        for n, c in itertools.product(range(5), range(3)):
+            np.add.at(want[n, c].reshape(-1), arg[n, c].reshape(-1), gy[n, c].reshape(-1))
+        np.testing.assert_allclose(gx, want, rtol=1e-12, atol=1e-12)
+        for incl in (True, False):
+            ya = K.avg_pool2d_forward(x, pair(k), pair(s), pair(p), incl)
+            np.testing.assert_allclose(ya, ref_pool(x, k, s, p, "avg_incl" if incl else "avg_excl"),
+                                       rtol=1e-12, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------

@@ -6,35 +6,48 @@ backend contract (see :mod:`gpudl.backend`).  They take and return
 float32, float64 works for gradchecks).  Arguments are assumed validated by the
 caller; any strides are accepted.
 
-Convolution ("shifted GEMM")
-    The input is packed once into a zero-padded, channels-last buffer laid out
-    as ``(groups, phases, N * Hq * Wq + tail, C // groups)``.  For stride 1
-    there is one phase: the padded image itself.  For stride ``s`` the padded
-    image is split into its ``s * s`` polyphase components, so every kernel
-    tap ``(kh, kw)`` reads one phase at a fixed *flat row shift*
-    ``qh * Wq + qw``.  The output is computed on the whole ``Hq x Wq`` grid
-    (rows past ``Ho`` / ``Wo`` are discarded), so each tap is one GEMM on a
-    contiguous slice, ``Y += X[shift : shift + M] @ W_tap``, accumulated in
-    place by BLAS (``beta = 1``).  No im2col matrix, no col2im: the input
-    gradient is the same loop with ``gX[shift : shift + M] += G @ W_tap.T``,
-    the weight gradient ``gW_tap = X[shift : shift + M].T @ G``.  A 1x1
-    convolution is a single GEMM.  When the channels per group are few (the
-    first layer of a net, depthwise convolutions) a GEMM with inner
-    dimension ``C // groups`` is wasteful, so the taps are gathered into
-    columns ``(M, kH * kW * C // groups)`` (K*K contiguous slice copies from
-    the same packed buffer) and one batched matmul does the work.
+Convolution ("shifted GEMM", no im2col)
+    The input is packed once into a flat, zero-padded, channels-last buffer
+    ``(groups, phases, rows, C // groups)``: each image is a grid of
+    ``Hq x Wq`` rows.  For stride 1 there is one phase, the padded image;
+    for stride ``s`` the padded image is split into its polyphase
+    components, so that every kernel tap ``(kh, kw)`` reads one phase at a
+    fixed *row shift*.  Neighbouring grid lines share their zero padding (a
+    read left of a line's data lands in the previous line's trailing zeros),
+    so a 32x32 image with padding 1 takes 33x33 rows, not 34x34.  The output
+    is computed for every grid row (those off the ``Ho x Wo`` image are
+    dropped), so each tap is one product on a contiguous slice:
+
+        Y  (M, O)  += X[shift : shift + M] @ W_tap          forward
+        gX[shift : shift + M] += G @ W_tap.T                 input gradient
+        gW_tap      = X[shift : shift + M].T @ G             weight gradient
+
+    A 1x1 convolution is a single product.  When the channels per group are
+    few (a first layer, depthwise convolutions) such products are too thin,
+    so the taps are gathered into columns instead (channels-first, one
+    contiguous row copy per tap and channel) and one product per group does
+    the work; its gradient is scattered back with one row add per tap.
+    How the products are run (cut into single-threaded pieces, spread over
+    a thread pool) is explained at ``CPU threads`` below.
 
 Pooling
-    Strided views of the (padded) input, one per window tap, combined with
-    ``np.maximum`` / ``+`` chains; the max-pool argmax is tracked alongside
-    (strict ``>`` keeps the first maximum in row-major window order).  The
-    backward passes scatter through the same views, one masked
-    ``+=`` per tap, so overlapping windows accumulate.
+    One strided view of the (padded) input per window tap (when the windows
+    tile the input, one transpose first makes every tap contiguous), reduced
+    with ``np.maximum`` / ``np.add`` chains over the taps.  The max pool
+    tracks the winning tap in a byte per output (strict ``>``: the first
+    maximum in row-major window order wins, as in PyTorch) and turns it into
+    the flat index at the end.  Its backward writes each tap's share once
+    when the windows tile the input, and otherwise scatter-adds with
+    ``np.bincount`` (overlapping windows accumulate; deterministic).
 
 Softmax cross-entropy
     A max-shifted log-sum-exp, stable for logits of any magnitude.
 """
 from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -52,8 +65,9 @@ __all__ = [
 ]
 
 # Below this many input channels per group a tap's GEMM is too thin: gather
-# columns instead (see the module docstring).
-_COLS_BELOW = 16
+# columns instead (see the module docstring).  Measured on 3x3 and 5x5 convs:
+# columns win at 1-3 channels, tie at 6, lose from 4-8 up (2x at 16).
+_COLS_BELOW = 4
 # Channels copied per pass when transposing NCHW <-> channels-last: a longer
 # inner run over channels strides the source by whole planes (often a multiple
 # of 4 KiB), and the cache's set associativity then thrashes.
@@ -94,6 +108,207 @@ def _gemm(a, b, c, accumulate):
         np.matmul(a, b, out=c)
 
 
+# --- CPU threads --------------------------------------------------------------
+#
+# OpenBLAS parallelises one big GEMM over its own threads, which meet at spin
+# barriers; as soon as another process holds a core, every barrier waits for
+# a time slice.  On a 2-core machine shared with one other busy process this
+# made GEMMs 10-200x slower (worst for the weight gradient, whose reduction
+# over every pixel has hundreds of barriers).  OpenBLAS runs a GEMM with
+# m * n * k <= 2**18 on the calling thread, so the products here are cut
+# into such pieces (one batched ``np.matmul`` per block of rows: one C loop,
+# no Python per piece), and the blocks of big products are spread over a
+# small thread pool of our own (NumPy releases the GIL).  On an idle machine
+# this is as fast as OpenBLAS's threading; on a busy one it degrades
+# gracefully.
+
+def _cpu_count():
+    """Threads to use: GPUDL_NUM_THREADS, else OMP_NUM_THREADS, else the
+    CPUs this process may run on."""
+    for var in ("GPUDL_NUM_THREADS", "OMP_NUM_THREADS"):
+        try:
+            n = int(os.environ.get(var, "").strip() or 0)
+        except ValueError:
+            n = 0
+        if n > 0:
+            return n
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+_NCPU = _cpu_count()
+_SMALL_MNK = 1 << 18            # OpenBLAS: single-threaded at or below this
+_MIN_CHUNK = 32                 # fewer rows per piece than this: use plain BLAS
+_POOL_MIN_MNK = 1 << 22         # less work than this: the pieces run on the caller
+_POOL_SPLIT_MIN = 1 << 18       # elements: below this pooling stays on one thread
+_BLOCK_ELEMS = 1 << 18          # output elements per task of a tap sum
+_pool = None
+_pool_pid = None
+_pool_lock = threading.Lock()
+
+
+def _get_pool():
+    global _pool, _pool_pid
+    pid = os.getpid()
+    if _pool is None or _pool_pid != pid:       # (re)create after a fork
+        with _pool_lock:
+            if _pool is None or _pool_pid != pid:
+                _pool = ThreadPoolExecutor(max_workers=_NCPU,
+                                           thread_name_prefix="gpudl-cpu")
+                _pool_pid = pid
+    return _pool
+
+
+def _parallel(fn, items):
+    """``[fn(i) for i in items]``, spread over the pool when it helps."""
+    items = list(items)
+    if _NCPU <= 1 or len(items) <= 1 or threading.current_thread().name.startswith("gpudl-cpu"):
+        return [fn(i) for i in items]
+    return list(_get_pool().map(fn, items))
+
+
+def _run_tasks(fn, tasks):
+    """Run ``(pooled, task)`` pairs: the small ones here, the others on the
+    pool; results in the order given."""
+    results = [None] * len(tasks)
+    pooled = [i for i, (p_, _) in enumerate(tasks) if p_]
+    for i, (p_, t) in enumerate(tasks):
+        if not p_:
+            results[i] = fn(t)
+    for i, r in zip(pooled, _parallel(fn, [tasks[i][1] for i in pooled])):
+        results[i] = r
+    return results
+
+
+def _chunk(k, n, dtype):
+    """How to cut a (rows, k) @ (k, n) product into single-threaded pieces:
+    ``(rows per piece, columns per piece)``, or None to keep plain BLAS (no
+    threads, or a k so wide that even thin pieces would be too small)."""
+    if dtype not in _GEMM or _NCPU <= 1:
+        return None
+    if k * n * _MIN_CHUNK <= _SMALL_MNK:
+        nt = n
+    else:  # wide layers: cut the columns too, aiming at ~64 rows a piece
+        nt = max(8, 1 << max(0, (_SMALL_MNK // (k * 64)).bit_length() - 1))
+        nt = min(nt, n)
+    ch = _SMALL_MNK // max(1, k * nt)
+    return (ch, nt) if ch >= _MIN_CHUNK else None
+
+
+def _blocks(R, ch, per_block):
+    """Start rows of the blocks a pooled product is split into."""
+    blk = max(ch, min(per_block, -(-R // (2 * _NCPU))) // ch * ch)
+    return blk, range(0, R, blk)
+
+
+def _tap_sum(jobs):
+    """For each job ``(out, taps)``:
+    ``out (R, n) = sum over taps (A, off, B) of A[off : off + R] @ B``.
+
+    Every A is a (rows, k) array whose row slices reshape to views (C- or
+    Fortran-ordered), every B (k, n) C-contiguous.  The blocks of all jobs go
+    to the thread pool together."""
+    tasks = []
+    for out, taps in jobs:
+        R, n = out.shape
+        k = taps[0][2].shape[0]
+        cut = _chunk(k, n, out.dtype)
+        if cut is None:
+            for t, (A, off, B) in enumerate(taps):
+                _gemm(A[off:off + R], B, out, t > 0)
+            continue
+        ch, nt = cut
+        # Blocks of up to _BLOCK_ELEMS outputs: big enough that the Python
+        # around each block's batched matmuls (which holds the GIL) costs little.
+        blk, starts = _blocks(R, ch, _BLOCK_ELEMS // max(1, n))
+        pooled = R * k * n * len(taps) >= _POOL_MIN_MNK
+        tasks += [(pooled, (out, taps, k, ch, nt, r0, min(R, r0 + blk))) for r0 in starts]
+
+    def run(task):
+        out, taps, k, ch, nt, r0, r1 = task
+        n = out.shape[1]
+        nf = (r1 - r0) // ch
+        rr = r0 + nf * ch
+        tmp = np.empty((nf, ch, nt), out.dtype) if nf and len(taps) > 1 else None
+        for n0 in range(0, n, nt):
+            n1 = min(n, n0 + nt)
+            o3 = out[r0:rr, n0:n1].reshape(nf, ch, n1 - n0)
+            t3 = None if tmp is None else tmp[:, :, :n1 - n0]
+            for t, (A, off, B) in enumerate(taps):
+                Bt = B[:, n0:n1]
+                if nf:
+                    a3 = A[off + r0:off + rr].reshape(nf, ch, k)
+                    if t == 0:
+                        np.matmul(a3, Bt, out=o3)
+                    else:
+                        np.matmul(a3, Bt, out=t3)
+                        np.add(o3, t3, out=o3)
+                if rr < r1:
+                    part = A[off + rr:off + r1] @ Bt
+                    if t == 0:
+                        out[rr:r1, n0:n1] = part
+                    else:
+                        out[rr:r1, n0:n1] += part
+
+    _run_tasks(run, tasks)
+
+
+def _tap_xty(jobs):
+    """For each job ``(taps, Gm, out)``: ``out[t] (k, n) = A[off : off + R].T @ Gm``
+    for each tap ``(A, off)``, ``Gm`` (R, n).  The long reduction over R is
+    cut into pieces whose partial sums are added up at the end."""
+    tasks = []
+    for taps, Gm, out in jobs:
+        R, n = Gm.shape
+        k = taps[0][0].shape[1]
+        cut = _chunk(k, n, out.dtype)
+        if cut is None:
+            for t, (A, off) in enumerate(taps):
+                np.matmul(A[off:off + R].T, Gm, out=out[t])
+            continue
+        ch, nt = cut
+        blk, starts = _blocks(R, ch, max(16384, _BLOCK_ELEMS // max(1, n)) // 2)
+        pooled = R * k * n * len(taps) >= _POOL_MIN_MNK
+        tasks += [(pooled, (taps, Gm, out, k, ch, nt, r0, min(R, r0 + blk))) for r0 in starts]
+
+    def run(task):
+        taps, Gm, out, k, ch, nt, r0, r1 = task
+        n = Gm.shape[1]
+        nf = (r1 - r0) // ch
+        rr = r0 + nf * ch
+        acc = np.zeros(out.shape, out.dtype)
+        for n0 in range(0, n, nt):
+            n1 = min(n, n0 + nt)
+            g3 = Gm[r0:rr, n0:n1].reshape(nf, ch, n1 - n0)
+            for t, (A, off) in enumerate(taps):
+                if nf:
+                    a3 = A[off + r0:off + rr].reshape(nf, ch, k)
+                    np.matmul(a3.transpose(0, 2, 1), g3).sum(axis=0, out=acc[t, :, n0:n1])
+                if rr < r1:
+                    acc[t, :, n0:n1] += A[off + rr:off + r1].T @ Gm[rr:r1, n0:n1]
+        return acc
+
+    done = set()
+    for (_, task), acc in zip(tasks, _run_tasks(run, tasks)):
+        out = task[2]
+        if id(out) in done:
+            out += acc
+        else:
+            np.copyto(out, acc)
+            done.add(id(out))
+
+
+def _batch_split(N):
+    """Slices of the batch for parallel copies."""
+    if _NCPU <= 1 or N < 2:
+        return [slice(0, N)]
+    k = min(_NCPU, N)
+    bounds = [N * i // k for i in range(k + 1)]
+    return [slice(bounds[i], bounds[i + 1]) for i in range(k)]
+
+
 def _copy_chunked(dst, src, axis):
     """``dst[...] = src`` in slices of ``_CHUNK`` along ``axis`` (see _CHUNK)."""
     n = dst.shape[axis]
@@ -111,7 +326,15 @@ def _copy_chunked(dst, src, axis):
 # convolution geometry
 
 class _Axis:
-    """One spatial axis of a convolution in the polyphase layout."""
+    """One spatial axis of a convolution in the polyphase, shared-padding
+    layout.
+
+    Grid cell ``i`` of phase ``a`` holds padded sample ``a + s * i``; output
+    ``o`` reads cell ``o + q[t]`` of tap t's phase ``r[t]``.  Consecutive
+    rows (and images) share their zero padding: a row is ``pitch`` cells,
+    the data first and zeros after, and a read left of the data lands in
+    the previous row's trailing zeros.  So each grid stores ``pitch`` cells
+    a line where the plain padded grid would need ``Lo + q[-1]``."""
 
     __slots__ = ("L", "Lo", "Lq", "q", "r", "phases", "ranges", "covered")
 
@@ -119,27 +342,31 @@ class _Axis:
         self.L = L
         Lp = L + 2 * p
         self.Lo = Lo = (Lp - d * (k - 1) - 1) // s + 1
-        self.q = [(t * d) // s for t in range(k)]      # grid shift of tap t
+        q = [(t * d) // s for t in range(k)]           # grid shift of tap t
         self.r = [(t * d) % s for t in range(k)]       # phase of tap t
-        self.Lq = Lq = max(Lo, 0) + self.q[-1]         # grid length
+        Lg = max(Lo, 0) + q[-1]                        # plain grid length
         self.phases = sorted(set(self.r))
-        # For each phase a: grid cells [i0, i1) hold input samples
+        # For each phase a: grid cells [i0, i0 + n) hold input samples
         # start, start + s, ...  (padded index a + s * i = input index + p).
-        self.ranges = []
-        covered = 0
+        ranges = []
         for a in self.phases:
             i0 = max(0, -((a - p) // s))               # ceil((p - a) / s)
-            i1 = min(Lq, (p + L - 1 - a) // s + 1)
-            n = max(0, i1 - i0)
-            start = a + s * i0 - p
-            self.ranges.append((i0, n, start))
-            covered += n
-        self.covered = covered == L                    # every input sample used
+            i1 = min(Lg, (p + L - 1 - a) // s + 1)
+            ranges.append((i0, max(0, i1 - i0), a + s * i0 - p))
+        used = [(i0, n) for i0, n, _ in ranges if n > 0]
+        e = min((i0 for i0, _ in used), default=0)    # leading zeros dropped
+        # Reads run over cells [0, Lg): those before the data must land in
+        # the previous line's zeros (pitch >= i0 + n), those after it in this
+        # line's (pitch >= Lg - e); and the outputs must fit (pitch >= Lo).
+        self.Lq = max([i0 + n for i0, n in used] + [Lg - e, Lo, 1])
+        self.q = [qt - e for qt in q]
+        self.ranges = [(i0 - e, n, start) for i0, n, start in ranges]
+        self.covered = sum(n for _, n in used) == L    # every input sample used
 
 
 class _Geom:
     __slots__ = ("N", "C", "H", "W", "O", "G", "Cg", "Og", "kH", "kW",
-                 "s", "h", "w", "M", "tail", "nph", "taps", "dtype")
+                 "s", "h", "w", "M", "lead", "tail", "nph", "taps", "dtype")
 
     def __init__(self, x_shape, w_shape, stride, padding, dilation, groups, dtype):
         self.N, self.C, self.H, self.W = (int(v) for v in x_shape)
@@ -149,8 +376,10 @@ class _Geom:
         self.s = (int(stride[0]), int(stride[1]))
         self.h = h = _Axis(self.H, self.kH, self.s[0], int(padding[0]), int(dilation[0]))
         self.w = w = _Axis(self.W, self.kW, self.s[1], int(padding[1]), int(dilation[1]))
+        # The flat buffers: ``lead`` zero rows, the grid (M rows: N images of
+        # h.Lq x w.Lq), zeros up to M + tail rows.  Tap t reads rows
+        # [shift_t, shift_t + M) for the M output positions.
         self.M = self.N * h.Lq * w.Lq
-        self.tail = h.q[-1] * w.Lq + w.q[-1]
         self.nph = len(h.phases) * len(w.phases)
         nw = len(w.phases)
         taps = []  # (kh, kw, phase index, flat shift), row-major
@@ -159,7 +388,9 @@ class _Geom:
             for kw in range(self.kW):
                 iw = w.phases.index(w.r[kw])
                 taps.append((kh, kw, ih * nw + iw, h.q[kh] * w.Lq + w.q[kw]))
-        self.taps = taps
+        self.lead = lead = max(0, -min(t[3] for t in taps))
+        self.taps = [(kh, kw, ph, sh + lead) for kh, kw, ph, sh in taps]
+        self.tail = max([lead] + [t[3] for t in self.taps])
         self.dtype = dtype
 
     @property
@@ -167,72 +398,194 @@ class _Geom:
         return len(self.taps) > 1 and self.Cg < _COLS_BELOW
 
 
-def _pack_input(x, g):
-    """x (N, C, H, W) -> zero-padded channels-last polyphase buffer
-    (G, nph, M + tail, Cg)."""
+def _phase_blocks(g):
+    """(phase index, grid rows i0:i0+ni, cols j0:j0+nj, input rows, input cols)."""
     h, w = g.h, g.w
-    buf = np.zeros((g.G, g.nph, g.M + g.tail, g.Cg), g.dtype)
-    grid = buf[:, :, :g.M].reshape(g.G, g.nph, g.N, h.Lq, w.Lq, g.Cg)
-    xg = x.reshape(g.N, g.G, g.Cg, g.H, g.W)
     nw = len(w.phases)
     for ih, (i0, ni, hs) in enumerate(h.ranges):
-        if ni <= 0:
-            continue
         for iw, (j0, nj, ws) in enumerate(w.ranges):
-            if nj <= 0:
-                continue
-            src = xg[:, :, :, hs:hs + g.s[0] * (ni - 1) + 1:g.s[0],
-                     ws:ws + g.s[1] * (nj - 1) + 1:g.s[1]]
-            dst = grid[:, ih * nw + iw, :, i0:i0 + ni, j0:j0 + nj, :]
-            # (N, G, Cg, ni, nj) -> (G, N, ni, nj, Cg)
-            _copy_chunked(dst, src.transpose(1, 0, 3, 4, 2), axis=4)
+            if ni > 0 and nj > 0:
+                yield (ih * nw + iw, slice(i0, i0 + ni), slice(j0, j0 + nj),
+                       slice(hs, hs + g.s[0] * (ni - 1) + 1, g.s[0]),
+                       slice(ws, ws + g.s[1] * (nj - 1) + 1, g.s[1]))
+
+
+def _pack_input(x, g, cf=False):
+    """x (N, C, H, W) -> zero-padded polyphase buffer, channels-last
+    (G, nph, M + tail, Cg) or, with ``cf``, channels-first (G, nph, Cg, M + tail)."""
+    N, G, Cg, T, M = g.N, g.G, g.Cg, g.tail, g.M
+    xg = x.reshape(N, G, Cg, g.H, g.W)
+    blocks = list(_phase_blocks(g))
+    if cf:
+        buf = np.zeros((G, g.nph, Cg, M + T), g.dtype)
+        grid = buf[..., g.lead:g.lead + M].reshape(G, g.nph, Cg, N, g.h.Lq, g.w.Lq)
+
+        def run(nb):
+            for ph, gi, gj, hi, wi in blocks:
+                # (N, G, Cg, ni, nj) -> (G, Cg, N, ni, nj): rows stay rows
+                np.copyto(grid[:, ph, :, nb, gi, gj],
+                          xg[nb, :, :, hi, wi].transpose(1, 2, 0, 3, 4))
+    else:
+        # not np.zeros: only the padding is zeroed, the data written once
+        buf = np.empty((G, g.nph, M + T, Cg), g.dtype)
+        buf[:, :, :g.lead] = 0
+        buf[:, :, g.lead + M:] = 0
+        grid = buf[:, :, g.lead:g.lead + M].reshape(G, g.nph, N, g.h.Lq, g.w.Lq, Cg)
+        empty = sorted(set(range(g.nph)) - {b_[0] for b_ in blocks})
+
+        def run(nb):
+            for ph in empty:
+                grid[:, ph, nb] = 0
+            for ph, gi, gj, hi, wi in blocks:
+                _zero_around(grid[:, ph, nb], gi, gj)
+                # (N, G, Cg, ni, nj) -> (G, N, ni, nj, Cg)
+                _copy_chunked(grid[:, ph, nb, gi, gj, :],
+                              xg[nb, :, :, hi, wi].transpose(1, 0, 3, 4, 2), axis=4)
+
+    _parallel(run, _batch_split(N))
     return buf
 
 
-def _unpack_input(buf, g, out):
+def _zero_around(v, rows, cols):
+    """Zero a channels-last grid v (..., Lq, Wq, C) outside rows x cols."""
+    v[..., :rows.start, :, :] = 0
+    v[..., rows.stop:, :, :] = 0
+    v[..., rows, :cols.start, :] = 0
+    v[..., rows, cols.stop:, :] = 0
+
+
+def _unpack_input(buf, g, out, cf=False):
     """Inverse of :func:`_pack_input`: buffer -> out (N, C, H, W)."""
-    h, w = g.h, g.w
-    grid = buf[:, :, :g.M].reshape(g.G, g.nph, g.N, h.Lq, w.Lq, g.Cg)
-    og = out.reshape(g.N, g.G, g.Cg, g.H, g.W)
-    nw = len(w.phases)
-    for ih, (i0, ni, hs) in enumerate(h.ranges):
-        if ni <= 0:
-            continue
-        for iw, (j0, nj, ws) in enumerate(w.ranges):
-            if nj <= 0:
-                continue
-            dst = og[:, :, :, hs:hs + g.s[0] * (ni - 1) + 1:g.s[0],
-                     ws:ws + g.s[1] * (nj - 1) + 1:g.s[1]]
-            src = grid[:, ih * nw + iw, :, i0:i0 + ni, j0:j0 + nj, :]
-            np.copyto(dst, src.transpose(1, 0, 4, 2, 3))
+    N, G, Cg, M = g.N, g.G, g.Cg, g.M
+    og = out.reshape(N, G, Cg, g.H, g.W)
+    blocks = list(_phase_blocks(g))
+    if cf:
+        grid = buf[..., g.lead:g.lead + M].reshape(G, g.nph, Cg, N, g.h.Lq, g.w.Lq)
+
+        def run(nb):
+            for ph, gi, gj, hi, wi in blocks:
+                np.copyto(og[nb, :, :, hi, wi],
+                          grid[:, ph, :, nb, gi, gj].transpose(2, 0, 1, 3, 4))
+    else:
+        grid = buf[:, :, g.lead:g.lead + M].reshape(G, g.nph, N, g.h.Lq, g.w.Lq, Cg)
+
+        def run(nb):
+            for ph, gi, gj, hi, wi in blocks:
+                np.copyto(og[nb, :, :, hi, wi],
+                          grid[:, ph, nb, gi, gj, :].transpose(1, 0, 4, 2, 3))
+
+    _parallel(run, _batch_split(N))
 
 
 def _pack_output_grad(gy, g):
-    """gy (N, O, Ho, Wo) -> (G, M, Og) on the output grid, zero off it."""
+    """gy (N, O, Ho, Wo) -> (G, tail + M + tail, Og): the output grid with
+    zeros off it and ``tail`` zero rows either side."""
     Ho, Wo, Hq, Wq = g.h.Lo, g.w.Lo, g.h.Lq, g.w.Lq
-    if Ho == Hq and Wo == Wq:
-        buf = np.empty((g.G, g.M, g.Og), g.dtype)
-    else:
-        buf = np.zeros((g.G, g.M, g.Og), g.dtype)
-    grid = buf.reshape(g.G, g.N, Hq, Wq, g.Og)[:, :, :Ho, :Wo, :]
-    src = gy.reshape(g.N, g.G, g.Og, Ho, Wo).transpose(1, 0, 3, 4, 2)
-    _copy_chunked(grid, src, axis=4)
+    T = g.tail
+    buf = np.empty((g.G, T + g.M + T, g.Og), g.dtype)
+    buf[:, :T] = 0
+    buf[:, T + g.M:] = 0
+    grid = buf[:, T:T + g.M].reshape(g.G, g.N, Hq, Wq, g.Og)
+    src = gy.reshape(g.N, g.G, g.Og, Ho, Wo)
+
+    def run(nb):
+        _zero_around(grid[:, nb], slice(0, Ho), slice(0, Wo))
+        _copy_chunked(grid[:, nb, :Ho, :Wo, :], src[nb].transpose(1, 0, 3, 4, 2), axis=4)
+
+    _parallel(run, _batch_split(g.N))
     return buf
 
 
-def _weights_cg_og(w, g):
-    """w (O, Cg, kH, kW) -> (G, kH, kW, Cg, Og), C-contiguous."""
-    return np.ascontiguousarray(
-        w.reshape(g.G, g.Og, g.Cg, g.kH, g.kW).transpose(0, 3, 4, 2, 1), dtype=g.dtype)
+def _unpack_output(Y, g, b, y):
+    """(G, M, Og) grid -> y (N, O, Ho, Wo), adding the bias on the way."""
+    Ho, Wo = g.h.Lo, g.w.Lo
+    src = Y.reshape(g.G, g.N, g.h.Lq, g.w.Lq, g.Og)
+    dst = y.reshape(g.N, g.G, g.Og, Ho, Wo)
+    bias = None if b is None else np.asarray(b).reshape(g.G, g.Og, 1, 1)
+
+    def run(nb):
+        s_ = src[:, nb, :Ho, :Wo, :].transpose(1, 0, 4, 2, 3)
+        if bias is None:
+            np.copyto(dst[nb], s_)
+        else:
+            np.add(s_, bias, out=dst[nb])
+
+    _parallel(run, _batch_split(g.N))
 
 
-def _gather_cols(X, g):
-    """Columns (G, M, kH*kW, Cg) from the packed input."""
-    M = g.M
-    cols = np.empty((g.G, M, len(g.taps), g.Cg), g.dtype)
-    for t, (_, _, ph, sh) in enumerate(g.taps):
-        np.copyto(cols[:, :, t, :], X[:, ph, sh:sh + M, :])
-    return cols
+def _pack_output_grad_cf(gy, g):
+    """gy (N, O, Ho, Wo) -> channels-first grid (G, Og, M), zeros off it."""
+    Ho, Wo = g.h.Lo, g.w.Lo
+    buf = np.zeros((g.G, g.Og, g.M), g.dtype)
+    grid = buf.reshape(g.G, g.Og, g.N, g.h.Lq, g.w.Lq)
+    src = gy.reshape(g.N, g.G, g.Og, Ho, Wo)
+
+    def run(nb):
+        np.copyto(grid[:, :, nb, :Ho, :Wo], src[nb].transpose(1, 2, 0, 3, 4))
+
+    _parallel(run, _batch_split(g.N))
+    return buf
+
+
+def _unpack_output_cf(YT, g, b, y):
+    """Channels-first grid (G, Og, M) -> y (N, O, Ho, Wo), plus the bias."""
+    Ho, Wo = g.h.Lo, g.w.Lo
+    src = YT.reshape(g.G, g.Og, g.N, g.h.Lq, g.w.Lq)
+    dst = y.reshape(g.N, g.G, g.Og, Ho, Wo)
+    bias = None if b is None else np.asarray(b).reshape(g.G, g.Og, 1, 1)
+
+    def run(nb):
+        s_ = src[:, :, nb, :Ho, :Wo].transpose(2, 0, 1, 3, 4)
+        if bias is None:
+            np.copyto(dst[nb], s_)
+        else:
+            np.add(s_, bias, out=dst[nb])
+
+    _parallel(run, _batch_split(g.N))
+
+
+def _gather_cols(Xc, g):
+    """Transposed columns (G, kH*kW*Cg, M) from the channels-first buffer:
+    one contiguous row copy per tap and channel."""
+    M, Cg = g.M, g.Cg
+    colsT = np.empty((g.G, len(g.taps) * Cg, M), g.dtype)
+
+    def run(t):
+        _, _, ph, sh = g.taps[t]
+        np.copyto(colsT[:, t * Cg:(t + 1) * Cg], Xc[:, ph, :, sh:sh + M])
+
+    _parallel(run, range(len(g.taps)))
+    return colsT
+
+
+def _mm(jobs):
+    """For each job ``(out, a, b)``: ``out (m, R) = a (m, k) @ b (k, R)``,
+    ``b`` and ``out`` with unit column stride; cut along R like _tap_sum."""
+    tasks = []
+    for out, a, b in jobs:
+        m, R = out.shape
+        k = a.shape[1]
+        cut = _chunk(m, k, out.dtype)
+        if cut is None or cut[1] < k:
+            np.matmul(a, b, out=out)
+            continue
+        ch = cut[0]
+        blk, starts = _blocks(R, ch, _BLOCK_ELEMS // max(1, m))
+        pooled = R * m * k >= _POOL_MIN_MNK
+        tasks += [(pooled, (out, a, b, ch, r0, min(R, r0 + blk))) for r0 in starts]
+
+    def run(task):
+        out, a, b, ch, r0, r1 = task
+        m, k = a.shape
+        nf = (r1 - r0) // ch
+        rr = r0 + nf * ch
+        if nf:
+            o3 = out[:, r0:rr].reshape(m, nf, ch).transpose(1, 0, 2)
+            np.matmul(a, b[:, r0:rr].reshape(k, nf, ch).transpose(1, 0, 2), out=o3)
+        if rr < r1:
+            np.matmul(a, b[:, rr:r1], out=out[:, rr:r1])
+
+    _run_tasks(run, tasks)
 
 
 # ---------------------------------------------------------------------------
@@ -242,28 +595,28 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     """2-D cross-correlation, PyTorch semantics; see the module docstring."""
     dt = _float_dtype(x, w)
     g = _Geom(x.shape, w.shape, stride, padding, dilation, groups, dt)
-    Ho, Wo = g.h.Lo, g.w.Lo
-    y = np.empty((g.N, g.O, Ho, Wo), dt)
+    y = np.empty((g.N, g.O, g.h.Lo, g.w.Lo), dt)
     if y.size == 0:
         return y
-    X = _pack_input(x, g)
-    Wt = _weights_cg_og(w, g)                       # (G, kH, kW, Cg, Og)
+    # weights as (G, kH, kW, Cg, Og)
+    Wt = np.ascontiguousarray(
+        w.reshape(g.G, g.Og, g.Cg, g.kH, g.kW).transpose(0, 3, 4, 2, 1), dtype=dt)
     M = g.M
-    Y = np.empty((g.G, M, g.Og), dt)
     if g.use_cols:
-        cols = _gather_cols(X, g).reshape(g.G, M, -1)
-        np.matmul(cols, Wt.reshape(g.G, -1, g.Og), out=Y)
-    else:
-        for gi in range(g.G):
-            for t, (kh, kw, ph, sh) in enumerate(g.taps):
-                _gemm(X[gi, ph, sh:sh + M], Wt[gi, kh, kw], Y[gi], t > 0)
-    src = (Y.reshape(g.G, g.N, g.h.Lq, g.w.Lq, g.Og)[:, :, :Ho, :Wo, :]
-           .transpose(1, 0, 4, 2, 3))                # (N, G, Og, Ho, Wo)
-    dst = y.reshape(g.N, g.G, g.Og, Ho, Wo)
-    if b is None:
-        np.copyto(dst, src)
-    else:
-        np.add(src, np.asarray(b).reshape(g.G, g.Og, 1, 1), out=dst)
+        # everything channels-first: Y.T (G, Og, M) = W_cols.T @ columns.T
+        colsT = _gather_cols(_pack_input(x, g, cf=True), g)
+        WcT = np.ascontiguousarray(Wt.reshape(g.G, -1, g.Og).transpose(0, 2, 1))
+        YT = np.empty((g.G, g.Og, M), dt)
+        _mm([(YT[gi], WcT[gi], colsT[gi]) for gi in range(g.G)])
+        del colsT
+        _unpack_output_cf(YT, g, b, y)
+        return y
+    X = _pack_input(x, g)
+    Y = np.empty((g.G, M, g.Og), dt)
+    _tap_sum([(Y[gi], [(X[gi, ph], sh, Wt[gi, kh, kw]) for kh, kw, ph, sh in g.taps])
+              for gi in range(g.G)])
+    del X
+    _unpack_output(Y, g, b, y)
     return y
 
 
@@ -284,46 +637,52 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, groups,
         if need_w:
             gw = np.zeros((g.O, g.Cg, g.kH, g.kW), dt)
         return gx, gw, gb
-    M = g.M
-    Gy = _pack_output_grad(gy, g)                    # (G, M, Og)
-    KK = len(g.taps)
+    M, T, KK, Cg = g.M, g.tail, len(g.taps), g.Cg
+    if g.use_cols:
+        GyT = _pack_output_grad_cf(gy, g)            # (G, Og, M)
+    else:
+        Gp = _pack_output_grad(gy, g)                # (G, T + M + T, Og)
+        Gy = Gp[:, T:T + M]
     if need_w:
-        X = _pack_input(x, g)
-        gwt = np.empty((g.G, g.kH, g.kW, g.Og, g.Cg), dt)
+        gwt = np.empty((g.G, KK, Cg, g.Og), dt)      # tap-major
         if g.use_cols:
-            cols = _gather_cols(X, g).reshape(g.G, M, KK * g.Cg)
-            del X
-            # (G, Og, KK*Cg) = Gy^T @ cols
-            gwc = np.matmul(Gy.transpose(0, 2, 1), cols)
-            del cols
-            gwt[...] = gwc.reshape(g.G, g.Og, g.kH, g.kW, g.Cg).transpose(0, 2, 3, 1, 4)
+            colsT = _gather_cols(_pack_input(x, g, cf=True), g)
+            _tap_xty([([(colsT[gi].T, 0)], GyT[gi].T, gwt[gi].reshape(1, KK * Cg, g.Og))
+                      for gi in range(g.G)])
+            del colsT
         else:
-            GyT = Gy.transpose(0, 2, 1)
-            for gi in range(g.G):
-                for kh, kw, ph, sh in g.taps:
-                    np.matmul(GyT[gi], X[gi, ph, sh:sh + M], out=gwt[gi, kh, kw])
+            X = _pack_input(x, g)
+            _tap_xty([([(X[gi, ph], sh) for _, _, ph, sh in g.taps], Gy[gi], gwt[gi])
+                      for gi in range(g.G)])
             del X
         gw = np.ascontiguousarray(
-            gwt.transpose(0, 3, 4, 1, 2)).reshape(g.O, g.Cg, g.kH, g.kW)
+            gwt.reshape(g.G, g.kH, g.kW, Cg, g.Og).transpose(0, 4, 3, 1, 2)
+        ).reshape(g.O, Cg, g.kH, g.kW)
     if need_x:
+        # weights as (G, kH, kW, Og, Cg)
         Wg = np.ascontiguousarray(
-            w.reshape(g.G, g.Og, g.Cg, g.kH, g.kW).transpose(0, 3, 4, 1, 2), dtype=dt)
-        gX = np.zeros((g.G, g.nph, M + g.tail, g.Cg), dt)
+            w.reshape(g.G, g.Og, Cg, g.kH, g.kW).transpose(0, 3, 4, 1, 2), dtype=dt)
         if g.use_cols:
-            gcols = np.matmul(Gy, Wg.reshape(g.G, KK, g.Og, g.Cg).transpose(0, 2, 1, 3)
-                              .reshape(g.G, g.Og, KK * g.Cg))
-            gcols = gcols.reshape(g.G, M, KK, g.Cg)
-            for t, (_, _, ph, sh) in enumerate(g.taps):
-                dst = gX[:, ph, sh:sh + M, :]
-                np.add(dst, gcols[:, :, t, :], out=dst)
-            del gcols
+            # the columns' gradient, transposed: (G, KK*Cg, M) = W_cols @ Gy.T
+            Wc = np.ascontiguousarray(Wg.transpose(0, 1, 2, 4, 3)).reshape(g.G, KK * Cg, g.Og)
+            gcolsT = np.empty((g.G, KK * Cg, M), dt)
+            _mm([(gcolsT[gi], Wc[gi], GyT[gi]) for gi in range(g.G)])
+            del GyT
+            gX = np.zeros((g.G, g.nph, Cg, M + T), dt)
+            for t, (_, _, ph, sh) in enumerate(g.taps):  # col2im: row adds
+                dst = gX[:, ph, :, sh:sh + M]
+                np.add(dst, gcolsT[:, t * Cg:(t + 1) * Cg], out=dst)
+            del gcolsT
         else:
-            for gi in range(g.G):
-                for kh, kw, ph, sh in g.taps:
-                    _gemm(Gy[gi], Wg[gi, kh, kw], gX[gi, ph, sh:sh + M], True)
+            # gX[ph][r] = sum over the phase's taps of Gy[r - shift] @ W_tap.T,
+            # read from the zero-margined Gp so that every row exists
+            gX = np.empty((g.G, g.nph, M + T, Cg), dt)
+            _tap_sum([(gX[gi, ph], [(Gp[gi], T - sh, Wg[gi, kh, kw])
+                                    for kh, kw, p_, sh in g.taps if p_ == ph])
+                      for gi in range(g.G) for ph in range(g.nph)])
         full = g.h.covered and g.w.covered
         gx = (np.empty if full else np.zeros)((g.N, g.C, g.H, g.W), dt)
-        _unpack_input(gX, g, gx)
+        _unpack_input(gX, g, gx, cf=g.use_cols)
     return gx, gw, gb
 
 
@@ -355,72 +714,123 @@ def _norm2(v):
     return int(v[0]), int(v[1])
 
 
-def max_pool2d_forward(x, kernel, stride, padding):
-    """Max pooling; returns ``(y, argmax)`` with PyTorch's index semantics."""
-    kernel, stride, padding = _norm2(kernel), _norm2(stride), _norm2(padding)
+def _tiles(H, W, Ho, Wo, kernel, stride, padding):
+    """True when the windows partition the input exactly (2x2 / stride 2)."""
+    return (padding == (0, 0) and kernel == stride
+            and Ho * kernel[0] == H and Wo * kernel[1] == W)
+
+
+def _tap_views(x, kernel, stride, padding, Ho, Wo, fill):
+    """Per-tap views (kernel[0] * kernel[1] of them, row-major), shape
+    (N, C, Ho, Wo) each, over x padded with ``fill``.  When the windows tile
+    the input, the taps are first copied out contiguously (one transpose),
+    which makes every later pass a contiguous, vectorised one."""
     N, C, H, W = x.shape
+    (kh, kw), (ph, pw) = kernel, padding
+    if _tiles(H, W, Ho, Wo, kernel, stride, padding):
+        t = np.empty((kh, kw, N, C, Ho, Wo), x.dtype)
+        np.copyto(t, x.reshape(N, C, Ho, kh, Wo, kw).transpose(3, 5, 0, 1, 2, 4))
+        return [t[a, b] for a in range(kh) for b in range(kw)]
+    if ph or pw:
+        xp = np.full((N, C, H + 2 * ph, W + 2 * pw), fill, x.dtype)
+        xp[:, :, ph:ph + H, pw:pw + W] = x
+    else:
+        xp = x
+    return [v for _, _, v in _pool_views(xp, kernel, stride, Ho, Wo)]
+
+
+def _pool_split(N, size):
+    """Batch slices to spread a pooling op over the threads (big inputs)."""
+    return _batch_split(N) if size >= _POOL_SPLIT_MIN else [slice(0, N)]
+
+
+def _pool_setup(x_shape, kernel, stride, padding):
+    kernel, stride, padding = _norm2(kernel), _norm2(stride), _norm2(padding)
+    N, C, H, W = (int(v) for v in x_shape)
     Ho = _pool_out(H, kernel[0], stride[0], padding[0])
     Wo = _pool_out(W, kernel[1], stride[1], padding[1])
-    dt = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
-    y = np.empty((N, C, Ho, Wo), dt)
+    return kernel, stride, padding, N, C, H, W, Ho, Wo
+
+
+def max_pool2d_forward(x, kernel, stride, padding):
+    """Max pooling; returns ``(y, argmax)`` with PyTorch's index semantics."""
+    kernel, stride, padding, N, C, H, W, Ho, Wo = _pool_setup(x.shape, kernel, stride, padding)
+    if x.dtype.kind != "f":
+        x = x.astype(np.float64)
+    y = np.empty((N, C, Ho, Wo), x.dtype)
     arg = np.empty((N, C, Ho, Wo), np.int32)
     if y.size == 0:
         return y, arg
-    ph, pw = padding
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    KK = kh * kw
+    # flat index = window origin (i * s - p) * W + (j * s - p) + tap offset
+    offs = (np.arange(kh)[:, None] * W + np.arange(kw)[None, :]).astype(np.int32).reshape(-1)
+    origin = _tap_index(0, 0, H, W, Ho, Wo, stride, padding)
+    ct = np.uint8 if KK < 256 else np.int32
+
+    def run(nb):
+        taps = _tap_views(x[nb], kernel, stride, padding, Ho, Wo, -np.inf)
+        ys, args = y[nb], arg[nb]
+        # code = the winning tap.  Taps come in increasing order and a later
+        # one wins only when strictly greater: code = max(code, k * (v_k > y)).
+        code = np.zeros(ys.shape, ct)
+        if KK == 1:
+            np.copyto(ys, taps[0])
+        else:
+            mask = np.empty(ys.shape, bool)
+            tmp = np.empty(ys.shape, ct)
+            np.greater(taps[1], taps[0], out=mask)
+            np.maximum(taps[0], taps[1], out=ys)
+            np.copyto(code, mask)
+            for k in range(2, KK):
+                np.greater(taps[k], ys, out=mask)
+                np.maximum(ys, taps[k], out=ys)
+                np.multiply(mask.view(np.uint8), ct(k), out=tmp, casting="unsafe")
+                np.maximum(code, tmp, out=code)
+        np.take(offs, code, out=args, mode="clip")
+        np.add(args, origin, out=args)
+
+    _parallel(run, _pool_split(N, x.size))
     if ph or pw:
-        xp = np.full((N, C, H + 2 * ph, W + 2 * pw), -np.inf, dt)
-        xp[:, :, ph:ph + H, pw:pw + W] = x
-        # Start below everything; the index defaults to the window's first
-        # in-bounds element, as PyTorch's does for an all -inf window.
-        y.fill(-np.inf)
-        h0 = np.maximum(np.arange(Ho, dtype=np.int32) * stride[0] - ph, 0)
-        w0 = np.maximum(np.arange(Wo, dtype=np.int32) * stride[1] - pw, 0)
-        arg[...] = h0[:, None] * np.int32(W) + w0[None, :]
-        first = True
-    else:
-        xp = x
-        first = False
-    mask = np.empty((N, C, Ho, Wo), bool)
-    for a, b, v in _pool_views(xp, kernel, stride, Ho, Wo):
-        if not first:
-            np.copyto(y, v)
-            arg[...] = _tap_index(a, b, H, W, Ho, Wo, stride, padding)
-            first = True
-            continue
-        np.greater(v, y, out=mask)          # strict: the first maximum wins
-        np.maximum(y, v, out=y)
-        np.copyto(arg, _tap_index(a, b, H, W, Ho, Wo, stride, padding), where=mask)
+        # a window whose values are all -inf: PyTorch points at its first
+        # in-bounds element (the padding itself is never an answer)
+        bad = np.isneginf(y)
+        if bad.any():
+            h0 = np.maximum(np.arange(Ho, dtype=np.int32) * sh - ph, 0)
+            w0 = np.maximum(np.arange(Wo, dtype=np.int32) * sw - pw, 0)
+            first = np.broadcast_to(h0[:, None] * np.int32(W) + w0[None, :], arg.shape)
+            arg[bad] = first[bad]
     return y, arg
 
 
 def max_pool2d_backward(gy, argmax, x_shape, kernel, stride, padding):
     """Scatter ``gy`` to the argmax positions; overlapping windows add up."""
-    kernel, stride, padding = _norm2(kernel), _norm2(stride), _norm2(padding)
-    N, C, H, W = (int(v) for v in x_shape)
-    Ho, Wo = gy.shape[2], gy.shape[3]
+    kernel, stride, padding, N, C, H, W, Ho, Wo = _pool_setup(x_shape, kernel, stride, padding)
     dt = gy.dtype if gy.dtype.kind == "f" else np.dtype(np.float64)
-    ph, pw = padding
-    tiles = (not ph and not pw and kernel == stride
-             and Ho * kernel[0] == H and Wo * kernel[1] == W)
-    if tiles:                       # the taps' views partition gx exactly
-        gxp = gx = np.empty((N, C, H, W), dt)
-    else:
-        gxp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dt)
-        gx = gxp[:, :, ph:ph + H, pw:pw + W]
-    if gy.size == 0:
-        return np.ascontiguousarray(gx) if gx.base is gxp else gx
-    overlap = stride[0] < kernel[0] or stride[1] < kernel[1]
-    mask = np.empty(gy.shape, bool)
-    for a, b, v in _pool_views(gxp, kernel, stride, Ho, Wo):
-        np.equal(argmax, _tap_index(a, b, H, W, Ho, Wo, stride, padding), out=mask)
-        if tiles:
-            np.multiply(gy, mask, out=v)
-        elif overlap:
-            np.add(v, gy, out=v, where=mask)
-        else:
-            np.copyto(v, gy, where=mask)
-    if gx is not gxp:
-        gx = np.ascontiguousarray(gx)
+    if not _tiles(H, W, Ho, Wo, kernel, stride, padding):
+        # Any other window layout: one scatter-add over flat indices
+        # (bincount sums in float64, in a fixed order: deterministic).
+        if gy.size == 0:
+            return np.zeros((N, C, H, W), dt)
+        base = (np.arange(N * C, dtype=np.intp) * (H * W)).reshape(N, C, 1, 1)
+        flat = np.add(argmax, base, dtype=np.intp)
+        g = np.bincount(flat.reshape(-1), weights=gy.reshape(-1), minlength=N * C * H * W)
+        return g.astype(dt, copy=False).reshape(N, C, H, W)
+    # Windows that tile the input: the taps' views partition gx exactly, so
+    # each tap writes its part once (the gradient or zero), no scatter needed.
+    gx = np.empty((N, C, H, W), dt)
+    if gy.size:
+        idx = [_tap_index(a, b, H, W, Ho, Wo, stride, padding)
+               for a in range(kernel[0]) for b in range(kernel[1])]
+
+        def run(nb):
+            g, am = gy[nb], argmax[nb]
+            mask = np.empty(g.shape, bool)
+            for (_, _, v), ik in zip(_pool_views(gx[nb], kernel, stride, Ho, Wo), idx):
+                np.equal(am, ik, out=mask)
+                np.multiply(g, mask, out=v)
+
+        _parallel(run, _pool_split(N, gx.size))
     return gx
 
 
@@ -437,58 +847,55 @@ def _avg_divisor(H, W, Ho, Wo, kernel, stride, padding, count_include_pad, dt):
 
 def avg_pool2d_forward(x, kernel, stride, padding, count_include_pad):
     """Average pooling with PyTorch semantics (ceil_mode=False)."""
-    kernel, stride, padding = _norm2(kernel), _norm2(stride), _norm2(padding)
-    N, C, H, W = x.shape
-    Ho = _pool_out(H, kernel[0], stride[0], padding[0])
-    Wo = _pool_out(W, kernel[1], stride[1], padding[1])
-    dt = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
+    kernel, stride, padding, N, C, H, W, Ho, Wo = _pool_setup(x.shape, kernel, stride, padding)
+    if x.dtype.kind != "f":
+        x = x.astype(np.float64)
+    dt = x.dtype
     y = np.empty((N, C, Ho, Wo), dt)
     if y.size == 0:
         return y
-    ph, pw = padding
-    if ph or pw:
-        xp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dt)
-        xp[:, :, ph:ph + H, pw:pw + W] = x
-    else:
-        xp = x
-    first = True
-    for _, _, v in _pool_views(xp, kernel, stride, Ho, Wo):
-        if first:
-            np.copyto(y, v)
-            first = False
-        else:
-            np.add(y, v, out=y)
     div = _avg_divisor(H, W, Ho, Wo, kernel, stride, padding, count_include_pad, dt)
     if div is None:
-        np.multiply(y, dt.type(1.0 / (kernel[0] * kernel[1])), out=y)
-    else:
-        np.multiply(y, div, out=y)
+        div = dt.type(1.0 / (kernel[0] * kernel[1]))
+
+    def run(nb):
+        taps = _tap_views(x[nb], kernel, stride, padding, Ho, Wo, 0)
+        ys = y[nb]
+        if len(taps) == 1:
+            np.copyto(ys, taps[0])
+        else:
+            np.add(taps[0], taps[1], out=ys)
+            for v in taps[2:]:
+                np.add(ys, v, out=ys)
+        np.multiply(ys, div, out=ys)
+
+    _parallel(run, _pool_split(N, x.size))
     return y
 
 
 def avg_pool2d_backward(gy, x_shape, kernel, stride, padding, count_include_pad):
     """Gradient of :func:`avg_pool2d_forward`; overlapping windows add up."""
-    kernel, stride, padding = _norm2(kernel), _norm2(stride), _norm2(padding)
-    N, C, H, W = (int(v) for v in x_shape)
-    Ho, Wo = gy.shape[2], gy.shape[3]
+    kernel, stride, padding, N, C, H, W, Ho, Wo = _pool_setup(x_shape, kernel, stride, padding)
     dt = gy.dtype if gy.dtype.kind == "f" else np.dtype(np.float64)
-    ph, pw = padding
+    (ph, pw) = padding
     div = _avg_divisor(H, W, Ho, Wo, kernel, stride, padding, count_include_pad, dt)
     if div is None:
-        g = np.multiply(gy, dt.type(1.0 / (kernel[0] * kernel[1])), dtype=dt)
+        div = dt.type(1.0 / (kernel[0] * kernel[1]))
+    tiles = _tiles(H, W, Ho, Wo, kernel, stride, padding)
+    if tiles:                       # the taps' views partition gx exactly
+        gxp = np.empty((N, C, H, W), dt)
     else:
-        g = np.multiply(gy, div, dtype=dt)
-    tiles = (not ph and not pw and kernel == stride
-             and Ho * kernel[0] == H and Wo * kernel[1] == W)
-    if tiles:
-        gx = np.empty((N, C, H, W), dt)
-        for _, _, v in _pool_views(gx, kernel, stride, Ho, Wo):
-            np.copyto(v, g)
-        return gx
-    gxp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dt)
-    if g.size:
-        for _, _, v in _pool_views(gxp, kernel, stride, Ho, Wo):
-            np.add(v, g, out=v)
+        gxp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dt)
+    if gy.size:
+        def run(nb):
+            g = np.multiply(gy[nb], div, dtype=dt)
+            for _, _, v in _pool_views(gxp[nb], kernel, stride, Ho, Wo):
+                if tiles:
+                    np.copyto(v, g)
+                else:
+                    np.add(v, g, out=v)
+
+        _parallel(run, _pool_split(N, gxp.size))
     if ph or pw:
         return np.ascontiguousarray(gxp[:, :, ph:ph + H, pw:pw + W])
     return gxp
