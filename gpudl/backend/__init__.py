@@ -25,6 +25,21 @@ Kernel-level functions (identical signatures on every backend)::
     softmax_cross_entropy_backward(logits, labels, lse, gloss,
                                    label_smoothing) -> glogits (N, C)
         gloss (N,): upstream gradient of each row's loss.
+    lstm_cell_forward(gates, c_prev, out=None) -> (h, c, saved)
+        The LSTM cell's element-wise part, fused.  gates (N, 4H): one time
+        step's pre-activations in PyTorch's order [i | f | g | o];
+        c_prev (N, H): the previous cell state; both of one float dtype.
+        i, f, o = sigmoid(.), g = tanh(.); c = f * c_prev + i * g;
+        h = o * tanh(c).  h, c (N, H); saved (N, 5H) = [i | f | g | o | tanh(c)]
+        is what the backward pass reads.
+    lstm_cell_backward(gh, gc, saved, c_prev, out=None) -> (ggates, gc_prev)
+        gh, gc (N, H): upstream gradients of h and of c (the part of dL/dc
+        that does not pass through h; zeros when c is not used); saved and
+        c_prev as given to / returned by the forward.  ggates (N, 4H): the
+        gradient of the pre-activations; gc_prev (N, H): of c_prev.
+    For both, ``out`` is None (new output arrays) or a tuple of C-contiguous
+    arrays of the outputs' shapes and dtype to write into (they must not
+    overlap the inputs); the same arrays are returned.
 
 Array plumbing::
 
@@ -50,6 +65,7 @@ BACKEND_API = (
     "max_pool2d_forward", "max_pool2d_backward",
     "avg_pool2d_forward", "avg_pool2d_backward",
     "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
+    "lstm_cell_forward", "lstm_cell_backward",
 )
 
 

@@ -494,6 +494,64 @@ class _Backend:
                             numpy.int32(N), numpy.int32(C), eps))
             return glogits
 
+    # ---- LSTM cell --------------------------------------------------------
+
+    def _lstm_operands(self, op, first, what, k, others):
+        """``first`` (N, k*H) and the (N, H) ``others``, checked; returns (first, others, N, H)."""
+        first = self._array(first, f"{op} {what}", 2)
+        N, G = first.shape
+        if G % k:
+            raise ValueError(f"{op} {what}: expected shape (N, {k} * hidden_size), got {tuple(first.shape)}")
+        _i32(N, f"{op} batch")
+        _i32(G, f"{op} {k} * hidden_size")
+        H = G // k
+        checked = []
+        for name, a in others:
+            a = self._array(a, f"{op} {name}", 2)
+            self._same_dtype(first, a, f"{op} {what}", f"{op} {name}")
+            if tuple(a.shape) != (N, H):
+                raise ValueError(f"{op} {name}: expected shape {(N, H)}, got {tuple(a.shape)}")
+            checked.append(a)
+        return first, checked, N, H
+
+    def _outputs(self, op, out, specs, dtype):
+        """The output arrays: new ones, or ``out`` checked (never copied: results go into it)."""
+        if out is None:
+            return tuple(self.xp.empty(shape, dtype=dtype) for _, shape in specs)
+        names = ", ".join(n for n, _ in specs)
+        if not isinstance(out, (tuple, list)) or len(out) != len(specs):
+            raise TypeError(f"{op} out: expected None or a tuple of {len(specs)} arrays ({names}), "
+                            f"got {type(out).__name__}")
+        for a, (name, shape) in zip(out, specs):
+            what = f"{op} out {name}"
+            if self._array(a, what, len(shape), dtypes=(dtype,)) is not a:
+                raise KernelArgumentError(f"{what}: expected a C-contiguous array (the result is "
+                                          f"written into it), got strides {a.strides}")
+            if tuple(a.shape) != shape:
+                raise ValueError(f"{what}: expected shape {shape}, got {tuple(a.shape)}")
+        return tuple(out)
+
+    def lstm_cell_forward(self, gates, c_prev, out=None):
+        op = "lstm_cell_forward"
+        with self._scope():
+            gates, (c_prev,), N, H = self._lstm_operands(op, gates, "gates", 4, [("c_prev", c_prev)])
+            h, c, saved = self._outputs(op, out, (("h", (N, H)), ("c", (N, H)), ("saved", (N, 5 * H))),
+                                        gates.dtype)
+            self._launch1d("lstm.cu", f"{op}_{_SUFFIX[gates.dtype]}", N * H,
+                           (gates, c_prev, h, c, saved, numpy.int32(N), numpy.int32(H)))
+            return h, c, saved
+
+    def lstm_cell_backward(self, gh, gc, saved, c_prev, out=None):
+        op = "lstm_cell_backward"
+        with self._scope():
+            saved, (gh, gc, c_prev), N, H = self._lstm_operands(
+                op, saved, "saved", 5, [("gh", gh), ("gc", gc), ("c_prev", c_prev)])
+            ggates, gc_prev = self._outputs(op, out, (("ggates", (N, 4 * H)), ("gc_prev", (N, H))),
+                                            saved.dtype)
+            self._launch1d("lstm.cu", f"{op}_{_SUFFIX[saved.dtype]}", N * H,
+                           (gh, gc, saved, c_prev, ggates, gc_prev, numpy.int32(N), numpy.int32(H)))
+            return ggates, gc_prev
+
 
 def make_backend(xp, get_module, special, name, *, device_index=None):
     """A backend namespace exposing exactly :data:`gpudl.backend.BACKEND_API`.

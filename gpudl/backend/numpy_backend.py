@@ -45,3 +45,4 @@ from ._cpu_kernels import (  # noqa: E402,F401  (the kernel-level ops)
     avg_pool2d_forward, avg_pool2d_backward,
     softmax_cross_entropy_forward, softmax_cross_entropy_backward,
 )
+from ._cpu_rnn import lstm_cell_forward, lstm_cell_backward  # noqa: E402,F401

@@ -12,6 +12,8 @@ from .layers import (  # noqa: F401
     BatchNorm1d, BatchNorm2d,
     CrossEntropyLoss, NLLLoss, MultiClassHingeLoss, MSELoss, BCEWithLogitsLoss,
 )
+from .rnn import RNNBase, RNN, LSTM, GRU, RNNCellBase, RNNCell, LSTMCell, GRUCell  # noqa: F401
+from .embedding import Embedding  # noqa: F401
 
 __all__ = [
     "functional", "init", "utils",
@@ -20,4 +22,5 @@ __all__ = [
     "ReLU", "Sigmoid", "Tanh", "LeakyReLU", "GELU", "Softmax", "LogSoftmax", "Dropout",
     "BatchNorm1d", "BatchNorm2d",
     "CrossEntropyLoss", "NLLLoss", "MultiClassHingeLoss", "MSELoss", "BCEWithLogitsLoss",
+    "RNNBase", "RNN", "LSTM", "GRU", "RNNCellBase", "RNNCell", "LSTMCell", "GRUCell", "Embedding",
 ]
