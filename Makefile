@@ -27,10 +27,15 @@ test-fast: $(STAMP)
 # The emulated kernels once more, built with -fsanitize=address: an out-of-bounds
 # access in any .cu file fails here.
 test-asan: $(STAMP)
-	$(BIN)/python -m gpudl.testing.asan_run tests/test_kernels_emulated.py
+	$(BIN)/python -m gpudl.testing.asan_run tests/test_kernels_emulated.py tests/test_lstm_kernel.py
 
 bench: $(STAMP)
-	$(BIN)/python -m gpudl.bench ops
+	$(BIN)/python -m gpudl.bench all
+
+# On a GPU machine, from the source tree (no install, no network): CUDA tests,
+# compute-sanitizer and the benchmark, written to $$OUT (default gpu-report/).
+gpu-check:
+	bash scripts/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -5,57 +5,80 @@ from ..autograd import Function
 from ..tensor import Tensor
 
 
-class BatchNorm(Function):
-    """y = (x - mean) * invstd * weight + bias over the axes ``axes``.
+def _channel_sum(xp, a):
+    """Per-channel sum of (N, C, ...) as contiguous row sums (fast on both devices)."""
+    n, c = a.shape[:2]
+    if a.ndim == 2:
+        return a.sum(axis=0)
+    return a.reshape(n * c, -1).sum(axis=1).reshape(n, c).sum(axis=0)
 
-    With ``use_batch_stats`` the batch's statistics normalise and, when
-    running buffers are given, move them by ``momentum`` in place (the
-    variance unbiased); otherwise the running statistics normalise.
+
+def _channel_dot(xp, a, b):
+    """Per-channel sum of a * b without a full-size temporary."""
+    n, c = a.shape[:2]
+    if a.ndim == 2:
+        return xp.einsum("nc,nc->c", a, b)
+    return xp.einsum("ij,ij->i", a.reshape(n * c, -1), b.reshape(n * c, -1)).reshape(n, c).sum(axis=0)
+
+
+class BatchNorm(Function):
+    """y = (x - mean) * invstd * weight + bias, per channel (axis 1).
+
+    With ``use_batch_stats`` the batch's statistics normalise (two passes:
+    the mean, then the variance of x - mean, so float32 keeps its precision)
+    and, when running buffers are given, move them by ``momentum`` in place
+    (the variance unbiased); otherwise the running statistics normalise.
+    Only xhat and invstd are kept for backward.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, axes, eps, momentum, use_batch_stats):
+    def forward(ctx, x, weight, bias, running_mean, running_var, eps, momentum, use_batch_stats):
         xp = ctx.xp
-        shape = [1] * x.ndim
-        shape[1] = x.shape[1]
+        c = x.shape[1]
+        shape = (1, c) + (1,) * (x.ndim - 2)
+        m = x.size // c
         if use_batch_stats:
-            mean = x.mean(axis=axes)
-            var = x.var(axis=axes)
+            mean = _channel_sum(xp, x) / x.dtype.type(m)
+            xhat = x - mean.reshape(shape)
+            var = _channel_dot(xp, xhat, xhat) / x.dtype.type(m)
             if running_mean is not None:
-                m = x.size // x.shape[1]
                 mom = running_mean.dtype.type(momentum)
                 running_mean *= 1 - mom
                 running_mean += mom * mean.astype(running_mean.dtype)
                 running_var *= 1 - mom
-                running_var += mom * (var * (m / (m - 1))).astype(running_var.dtype)
+                running_var += mom * (var * (m / max(m - 1, 1))).astype(running_var.dtype)
         else:
-            mean, var = running_mean, running_var
-        invstd = 1.0 / xp.sqrt(var + x.dtype.type(eps))
-        xhat = (x - mean.reshape(shape)) * invstd.reshape(shape).astype(x.dtype)
+            mean, var = running_mean.astype(x.dtype), running_var.astype(x.dtype)
+            xhat = x - mean.reshape(shape)
+        invstd = (1.0 / xp.sqrt(var + x.dtype.type(eps))).astype(x.dtype)
+        xhat *= invstd.reshape(shape)
         ctx.save_for_backward(xhat, invstd, weight)
-        ctx.axes, ctx.shape, ctx.batch = axes, shape, use_batch_stats
-        y = xhat if weight is None else xhat * weight.reshape(shape)
-        return y if bias is None else y + bias.reshape(shape)
+        ctx.shape, ctx.batch = shape, use_batch_stats
+        if weight is None:
+            y = xhat.copy()
+        else:
+            y = xhat * weight.reshape(shape)
+        if bias is not None:
+            y += bias.reshape(shape)
+        return y
 
     @staticmethod
     def backward(ctx, g):
+        xp = ctx.xp
         xhat, invstd, weight = ctx.saved
-        axes, shape = ctx.axes, ctx.shape
+        shape = ctx.shape
         nx, nw, nb = ctx.needs_input_grad[:3]
-        gb = g.sum(axis=axes) if nb else None
-        gw = (g * xhat).sum(axis=axes) if nw else None
+        sg = _channel_sum(xp, g)                 # = the bias gradient
+        sgx = _channel_dot(xp, g, xhat)          # = the weight gradient
         gx = None
         if nx:
-            gxhat = g if weight is None else g * weight.reshape(shape)
-            scale = invstd.reshape(shape).astype(g.dtype)
+            a = invstd if weight is None else invstd * weight
+            gx = g * a.reshape(shape)
             if ctx.batch:
                 m = g.size // g.shape[1]
-                mean_g = gxhat.sum(axis=axes).reshape(shape) / m
-                mean_gx = (gxhat * xhat).sum(axis=axes).reshape(shape) / m
-                gx = (gxhat - mean_g - xhat * mean_gx) * scale
-            else:
-                gx = gxhat * scale
-        return gx, gw, gb, None, None, None, None, None, None
+                gx -= xhat * (a * sgx / m).reshape(shape)
+                gx -= (a * sg / m).reshape(shape)
+        return gx, (sgx if nw else None), (sg if nb else None), None, None, None, None, None
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
@@ -78,11 +101,10 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
                              f"{t.shape if isinstance(t, Tensor) else type(t).__name__}")
         if t is not None and t.device != input.device:
             raise ValueError(f"{op}: input on {input.device}, {name} on {t.device}")
-    axes = (0,) + tuple(range(2, input.ndim))
     m = input.numel() // c
     if training and m <= 1:
         raise ValueError(f"{op}: expected more than one value per channel when training, got input {input.shape}")
     use_batch = training or running_mean is None
     rm = running_mean.data if running_mean is not None else None
     rv = running_var.data if running_var is not None else None
-    return BatchNorm.apply(input, weight, bias, rm, rv, axes, float(eps), float(momentum), use_batch)
+    return BatchNorm.apply(input, weight, bias, rm, rv, float(eps), float(momentum), use_batch)
