@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m gpudl.bench ops [--device cpu] [--repeat N] [--json]``.
+"""Benchmarks: ``python -m gpudl.bench ops|models|knn|all [--device cpu] [--repeat N] [--json]``.
 
 Each subcommand is an entry of :data:`SUBCOMMANDS`: a function that adds its
 own options to an argparse parser and a function that runs it.  Every
@@ -46,18 +46,21 @@ def torch_device(device):
     return "cpu" if device in (None, "cpu") else "cuda"
 
 
-def _timed(fn, sync):
+def _timed(fn, sync, inner=1):
     t0 = time.perf_counter()
-    fn()
+    for _ in range(inner):
+        fn()
     sync()
-    return time.perf_counter() - t0
+    return (time.perf_counter() - t0) / inner
 
 
-def compare(cases, repeat, warmup=2, settle=0.12):
+def compare(cases, repeat, warmup=2, settle=0.12, inner=1):
     """Time each case's ``ours`` and ``peer`` alternately; medians in ms.
 
     cases: dicts with ``name``, ``ours`` (callable), ``ours_sync``, and
-    optionally ``peer`` / ``peer_sync``.  Returns a list of result dicts.
+    optionally ``peer`` / ``peer_sync``.  Each sample is the mean of
+    ``inner`` back-to-back calls (a training loop runs warm; a single call
+    after the pause measures a cold start).  Returns a list of result dicts.
     """
     results = []
     for c in cases:
@@ -72,7 +75,7 @@ def compare(cases, repeat, warmup=2, settle=0.12):
             time.sleep(settle)
         for _ in range(repeat):
             for k, fn, sync in runners:
-                times[k].append(_timed(fn, sync))
+                times[k].append(_timed(fn, sync, inner))
                 time.sleep(settle)
         r = {"name": c["name"], "shape": c.get("shape", ""),
              "gpudl_ms": statistics.median(times["ours"]) * 1e3,
@@ -231,12 +234,49 @@ def _ops_run(args):
 
 
 # ---------------------------------------------------------------------------
+# models: whole training steps
+
+def _models_args(p):
+    from .bench_models import MODELS
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch.set_num_threads for the PyTorch peer (default 2)")
+    p.add_argument("--no-torch", action="store_true", help="time gpudl only")
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
+    p.add_argument("--inner", type=int, default=5,
+                   help="steps run back to back per timed sample, as in a training loop (default 5)")
+
+
+def _models_run(args):
+    from .bench_models import cases
+    torch = None if args.no_torch else load_torch(args.threads)
+    if torch is not None and args.device not in (None, "cpu"):
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    results = compare(cases(args.device, torch, names), args.repeat, inner=args.inner)
+    meta = {"device": args.device, "repeat": args.repeat}
+    if torch is not None:
+        meta["torch"] = torch.__version__
+        meta["torch_threads"] = torch.get_num_threads()
+    if args.json:
+        print(json.dumps({"bench": "models", **meta, "results": results}, indent=2))
+    else:
+        print(f"gpudl bench models: device={args.device} repeat={args.repeat} (medians of one training step)"
+              + (f"; torch {meta['torch']}, {meta['torch_threads']} threads" if torch else ""))
+        print_table(results)
+    return 0
+
+
+# ---------------------------------------------------------------------------
 # command line
 
 # name -> (help, add_arguments(parser), run(args) -> exit code)
 SUBCOMMANDS = {
     "ops": ("time the kernel-level ops (forward + backward) against PyTorch",
             _ops_args, _ops_run),
+    "models": ("time one training step of each model against PyTorch",
+               _models_args, _models_run),
 }
 
 
@@ -259,6 +299,20 @@ def build_parser():
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["knn"]:          # KNN against scikit-learn has its own options
+        from .bench_knn import main as knn_main
+        return knn_main(argv[1:])
+    if argv[:1] == ["all"]:          # ops, models and knn with the shared options
+        rest = argv[1:]
+        knn_rest = [a for a in rest if a in ("--json",) or a.startswith("--device")]
+        if "--device" in rest:
+            knn_rest = ["--json"] * ("--json" in rest) + ["--device", rest[rest.index("--device") + 1]]
+        rc = 0
+        for sub in ("ops", "models"):
+            rc |= main([sub] + rest)
+        from .bench_knn import main as knn_main
+        return rc | knn_main(knn_rest)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.repeat < 1:

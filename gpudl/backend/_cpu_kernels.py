@@ -67,7 +67,7 @@ __all__ = [
 # Below this many input channels per group a tap's GEMM is too thin: gather
 # columns instead (see the module docstring).  Measured on 3x3 and 5x5 convs:
 # columns win at 1-3 channels, tie at 6, lose from 4-8 up (2x at 16).
-_COLS_BELOW = 4
+_COLS_BELOW = 8
 # Channels copied per pass when transposing NCHW <-> channels-last: a longer
 # inner run over channels strides the source by whole planes (often a multiple
 # of 4 KiB), and the cache's set associativity then thrashes.
@@ -139,10 +139,32 @@ def _cpu_count():
 
 
 _NCPU = _cpu_count()
+_SERIAL_FLOPS = 1e8             # convs smaller than this run on the caller alone
+_local = threading.local()
+
+
+def _threads():
+    """Threads the current call may use: 1 inside :func:`_serial`, else _NCPU."""
+    return 1 if getattr(_local, "serial", False) else _NCPU
+
+
+class _serial:
+    """Run a small problem on the calling thread: the pool's hand-offs cost
+    more than they save below ~1e8 flops (LeNet's convs run 2x faster)."""
+
+    def __init__(self, on):
+        self.on = on
+
+    def __enter__(self):
+        self.prev = getattr(_local, "serial", False)
+        _local.serial = self.prev or self.on
+
+    def __exit__(self, *exc):
+        _local.serial = self.prev
 _SMALL_MNK = 1 << 18            # OpenBLAS: single-threaded at or below this
 _MIN_CHUNK = 32                 # fewer rows per piece than this: use plain BLAS
 _POOL_MIN_MNK = 1 << 22         # less work than this: the pieces run on the caller
-_POOL_SPLIT_MIN = 1 << 18       # elements: below this pooling stays on one thread
+_POOL_SPLIT_MIN = 1 << 20       # elements: below this pooling stays on one thread
 _BLOCK_ELEMS = 1 << 18          # output elements per task of a tap sum
 _pool = None
 _pool_pid = None
@@ -164,7 +186,7 @@ def _get_pool():
 def _parallel(fn, items):
     """``[fn(i) for i in items]``, spread over the pool when it helps."""
     items = list(items)
-    if _NCPU <= 1 or len(items) <= 1 or threading.current_thread().name.startswith("gpudl-cpu"):
+    if _threads() <= 1 or len(items) <= 1 or threading.current_thread().name.startswith("gpudl-cpu"):
         return [fn(i) for i in items]
     return list(_get_pool().map(fn, items))
 
@@ -186,7 +208,7 @@ def _chunk(k, n, dtype):
     """How to cut a (rows, k) @ (k, n) product into single-threaded pieces:
     ``(rows per piece, columns per piece)``, or None to keep plain BLAS (no
     threads, or a k so wide that even thin pieces would be too small)."""
-    if dtype not in _GEMM or _NCPU <= 1:
+    if dtype not in _GEMM or _threads() <= 1:
         return None
     if k * n * _MIN_CHUNK <= _SMALL_MNK:
         nt = n
@@ -199,7 +221,7 @@ def _chunk(k, n, dtype):
 
 def _blocks(R, ch, per_block):
     """Start rows of the blocks a pooled product is split into."""
-    blk = max(ch, min(per_block, -(-R // (2 * _NCPU))) // ch * ch)
+    blk = max(ch, min(per_block, -(-R // (2 * _threads()))) // ch * ch)
     return blk, range(0, R, blk)
 
 
@@ -302,9 +324,9 @@ def _tap_xty(jobs):
 
 def _batch_split(N):
     """Slices of the batch for parallel copies."""
-    if _NCPU <= 1 or N < 2:
+    if _threads() <= 1 or N < 2:
         return [slice(0, N)]
-    k = min(_NCPU, N)
+    k = min(_threads(), N)
     bounds = [N * i // k for i in range(k + 1)]
     return [slice(bounds[i], bounds[i + 1]) for i in range(k)]
 
@@ -591,10 +613,19 @@ def _mm(jobs):
 # ---------------------------------------------------------------------------
 # convolution
 
+def _conv_flops(g):
+    return 2.0 * g.N * g.O * g.h.Lo * g.w.Lo * g.Cg * g.kH * g.kW
+
+
 def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     """2-D cross-correlation, PyTorch semantics; see the module docstring."""
     dt = _float_dtype(x, w)
     g = _Geom(x.shape, w.shape, stride, padding, dilation, groups, dt)
+    with _serial(_conv_flops(g) < _SERIAL_FLOPS):
+        return _conv2d_forward(x, w, b, g, dt)
+
+
+def _conv2d_forward(x, w, b, g, dt):
     y = np.empty((g.N, g.O, g.h.Lo, g.w.Lo), dt)
     if y.size == 0:
         return y
@@ -627,6 +658,11 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, groups,
     need_x, need_w, need_b = (bool(v) for v in need)
     dt = _float_dtype(x, w, gy)
     g = _Geom(x.shape, w.shape, stride, padding, dilation, groups, dt)
+    with _serial(_conv_flops(g) < _SERIAL_FLOPS):
+        return _conv2d_backward(x, w, gy, g, dt, need_x, need_w, need_b)
+
+
+def _conv2d_backward(x, w, gy, g, dt, need_x, need_w, need_b):
     gb = gy.sum(axis=(0, 2, 3), dtype=dt) if need_b else None
     gx = gw = None
     if not (need_x or need_w):
