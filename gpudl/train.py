@@ -170,6 +170,12 @@ class Trainer:
                 self.log(f"resumed from {path} after epoch {self.epoch}")
             else:
                 self.log(f"no checkpoint at {path}; starting from scratch")
+        total = getattr(self.scheduler, "total_steps", None)
+        if total is not None and self.scheduler_step == "batch" and epochs * len(train_loader) > total:
+            raise ValueError(
+                f"Trainer.fit: the scheduler was built for {total} steps but {epochs} epochs of "
+                f"{len(train_loader)} batches need {epochs * len(train_loader)}; a one-cycle schedule "
+                f"cannot be extended (resume with the original number of epochs)")
         best, stale = math.inf, 0
         for r in self.history:
             vl = r.get("val_loss", r["train_loss"])

@@ -1,0 +1,165 @@
+"""The Trainer and the gpudl command, on tiny MNIST-format files the test writes."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import gpudl
+from gpudl import data, models, nn, optim
+from gpudl.data import write_idx
+from gpudl.train import Trainer, confusion_matrix, accuracy
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path, monkeypatch):
+    """Learnable fake MNIST: the label is drawn as a bright square at a label-dependent place."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "data" / "mnist"
+    folder.mkdir(parents=True)
+    for split, n, prefix in (("train", 256, "train"), ("test", 64, "t10k")):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+        for i, c in enumerate(labels):
+            r, col = 2 + (c // 5) * 12, 2 + (c % 5) * 5
+            images[i, r:r + 8, col:col + 4] = 250
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    monkeypatch.setenv("GPUDL_DATA", str(tmp_path / "data"))
+    return tmp_path
+
+
+def _loaders(device, seed=0):
+    tr = data.mnist("train", download=False)
+    te = data.mnist("test", download=False)
+    return (data.DataLoader(tr, 32, shuffle=True, seed=seed, device=device),
+            data.DataLoader(te, 64, device=device))
+
+
+def _trainer(device, out, **kw):
+    gpudl.manual_seed(0)
+    model = models.create("lenet5").to(device)
+    opt = optim.Adam(model.parameters(), lr=3e-3)
+    sched = optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
+    return Trainer(model, opt, scheduler=sched, out_dir=out, progress=False, log=None, **kw)
+
+
+def test_fit_learns_and_writes_history_and_checkpoint(tiny_mnist, device):
+    train, test = _loaders(device)
+    out = tiny_mnist / "run"
+    tr = _trainer(device, str(out))
+    hist = tr.fit(train, 3, val_loader=test)
+    assert [r["epoch"] for r in hist] == [1, 2, 3]
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert hist[-1]["val_acc"] > 0.5
+    assert [r["lr"] for r in hist] == pytest.approx([3e-3, 1.5e-3, 7.5e-4])
+    for f in ("checkpoint.npz", "best.npz", "history.csv", "history.json"):
+        assert (out / f).exists(), f
+    saved = json.loads((out / "history.json").read_text())
+    assert saved[-1]["val_acc"] == pytest.approx(hist[-1]["val_acc"])
+    assert abs(accuracy(tr.model, test) - hist[-1]["val_acc"]) < 1e-9
+    cm = confusion_matrix(tr.model, test, 10)
+    assert cm.sum() == 64 and np.trace(cm) == round(hist[-1]["val_acc"] * 64)
+
+
+def test_resume_continues_exactly(tiny_mnist):
+    dev = gpudl.device("cpu")
+    train, test = _loaders(dev)
+    full = _trainer(dev, str(tiny_mnist / "full"))
+    full.fit(train, 3, val_loader=test)
+    part_dir = str(tiny_mnist / "part")
+    train2, test2 = _loaders(dev)
+    _trainer(dev, part_dir).fit(train2, 2, val_loader=test2)
+    train3, test3 = _loaders(dev, seed=123)          # the checkpoint restores the loader's order
+    resumed = _trainer(dev, part_dir)
+    hist = resumed.fit(train3, 3, val_loader=test3, resume=True)
+    assert len(hist) == 3
+    for k, v in full.model.state_dict().items():
+        np.testing.assert_allclose(resumed.model.state_dict()[k].numpy(), v.numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+    assert hist[-1]["val_loss"] == pytest.approx(full.history[-1]["val_loss"], rel=1e-5)
+
+
+def test_interrupt_leaves_last_complete_checkpoint(tiny_mnist):
+    dev = gpudl.device("cpu")
+    train, test = _loaders(dev)
+    out = tiny_mnist / "run"
+    tr = _trainer(dev, str(out))
+    tr.fit(train, 1)
+    before = (out / "checkpoint.npz").read_bytes()
+    calls = {"n": 0}
+    original = tr.optimizer.step
+
+    def step_then_interrupt(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(*a, **k)
+    tr.optimizer.step = step_then_interrupt
+    with pytest.raises(KeyboardInterrupt):
+        tr.fit(train, 2)
+    assert (out / "checkpoint.npz").read_bytes() == before
+    assert gpudl.load(out / "checkpoint.npz")["epoch"] == 1
+
+
+def test_early_stopping(tiny_mnist):
+    dev = gpudl.device("cpu")
+    train, test = _loaders(dev)
+    tr = _trainer(dev, None, early_stopping=1)
+    tr.optimizer.param_groups[0]["lr"] = 0.0        # nothing improves after the first epoch
+    tr.scheduler = None
+    hist = tr.fit(train, 10, val_loader=test)
+    assert len(hist) == 2
+
+
+def test_checkpoint_of_another_model_names_the_keys(tiny_mnist):
+    dev = gpudl.device("cpu")
+    train, _ = _loaders(dev)
+    tr = _trainer(dev, str(tiny_mnist / "run"))
+    tr.fit(train, 1)
+    other = Trainer(models.create("mlp"), optim.Adam(models.create("mlp").parameters()), progress=False, log=None)
+    with pytest.raises(RuntimeError, match="features.0.weight|net.1.weight"):
+        other.load_checkpoint(tr.checkpoint_path)
+
+
+def _cli(args, env_extra, cwd):
+    env = dict(os.environ, PYTHONPATH=ROOT, **env_extra)
+    return subprocess.run([sys.executable, "-m", "gpudl", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=300)
+
+
+def test_cli_train_and_resume(tiny_mnist):
+    env = {"GPUDL_DATA": str(tiny_mnist / "data"), "GPUDL_DEVICE": "cpu"}
+    out = tiny_mnist / "cli"
+    r = _cli(["train", "--model", "lenet5", "--data", "mnist", "--epochs", "1", "--batch-size", "32",
+              "--schedule", "none", "--out", str(out), "--no-progress"], env, tiny_mnist)
+    assert r.returncode == 0, r.stderr
+    assert "test accuracy" in r.stdout and str(out / "checkpoint.npz") in r.stdout
+    r = _cli(["train", "--model", "lenet5", "--epochs", "2", "--batch-size", "32", "--out", str(out),
+              "--schedule", "none", "--resume", "--no-progress"], env, tiny_mnist)
+    assert r.returncode == 0, r.stderr
+    assert "resumed from" in r.stdout and "after 2 epochs" in r.stdout
+    assert len(json.loads((out / "history.json").read_text())) == 2
+    # the default one-cycle schedule cannot be stretched: a clear error, not a crash mid-run
+    out2 = tiny_mnist / "cli2"
+    r = _cli(["train", "--model", "lenet5", "--epochs", "1", "--batch-size", "32", "--out", str(out2),
+              "--no-progress"], env, tiny_mnist)
+    assert r.returncode == 0, r.stderr
+    r = _cli(["train", "--model", "lenet5", "--epochs", "2", "--batch-size", "32", "--out", str(out2),
+              "--resume", "--no-progress"], env, tiny_mnist)
+    assert r.returncode != 0 and "cannot be extended" in r.stderr
+
+
+def test_cli_errors_and_help(tiny_mnist):
+    r = _cli(["train", "--model", "nonesuch"], {}, tiny_mnist)
+    assert r.returncode != 0 and "lenet5" in r.stderr and "resnet20" in r.stderr
+    r = _cli(["train", "--data", "nonesuch"], {}, tiny_mnist)
+    assert r.returncode != 0 and "mnist" in r.stderr and "cifar10" in r.stderr
+    r = _cli(["train", "--help"], {}, tiny_mnist)
+    for name in models.names() + ["mnist", "cifar10", "seqmnist"]:
+        assert name in r.stdout
+    r = _cli(["info"], {"GPUDL_DEVICE": "cpu"}, tiny_mnist)
+    assert r.returncode == 0 and "NumPy" in r.stdout and "conv2d.cu" in r.stdout
