@@ -39,8 +39,8 @@ import numpy
 from ._util import (_NumpyUnpickler, DataFileError, DownloadError, atomic_write, data_root, report,
                     search_dirs, try_download)
 from .augment import RandomCrop, RandomHorizontalFlip
-from .dataset import Dataset
-from .transforms import Compose, Normalize, to_float
+from .images import ImageDataset
+from .transforms import Compose, Normalize
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SHAPE = (3, 32, 32)
@@ -309,7 +309,7 @@ def write_cifar10(root, train, test, version="python", classes=CLASSES):
 
 # ---- the dataset -------------------------------------------------------------------------------
 
-class CIFAR10(Dataset):
+class CIFAR10(ImageDataset):
     """CIFAR-10 images held as NumPy arrays.
 
     ``images``: (N, 3, 32, 32) uint8, RGB planes; ``labels``: (N,) int64;
@@ -321,27 +321,11 @@ class CIFAR10(Dataset):
     device="cuda", transform=Compose([ToFloat(), RandomCrop(32, 4), ...]))``.
     """
 
+    shape = SHAPE
+
     def __init__(self, images, labels, classes=CLASSES, split=None, source=None):
-        images, labels = numpy.asarray(images), numpy.asarray(labels)
-        if images.dtype != numpy.uint8 or images.ndim != 4 or images.shape[1:] != SHAPE:
-            raise ValueError(f"CIFAR10: expected images uint8 (N, 3, 32, 32), got {images.dtype} {images.shape}")
-        if labels.shape != images.shape[:1]:
-            raise ValueError(f"CIFAR10: expected labels of shape {images.shape[:1]}, got {labels.shape}")
-        self.images, self.labels = images, labels.astype(numpy.int64, copy=False)
+        super().__init__(images, labels, split, source)
         self.classes = tuple(classes)
-        self.split, self.source = split, source
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, index):
-        return to_float(numpy, self.images[index]), self.labels[index]
-
-    def get_batch(self, indices):
-        return to_float(numpy, self.images[indices]), self.labels[indices]
-
-    def __repr__(self):
-        return f"CIFAR10(split={self.split!r}, {len(self)} samples, from {self.source})"
 
 
 def cifar10_transforms(augment=True, normalize=True, seed=None):

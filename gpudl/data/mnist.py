@@ -29,8 +29,7 @@ import numpy
 
 from ._util import (DataFileError, DownloadError, atomic_write, data_root, find_file,
                     load_numpy_pickle, pip_download, report, search_dirs, try_download)
-from .dataset import Dataset
-from .transforms import to_float
+from .images import ImageDataset
 
 IMAGE_MAGIC = 2051  # IDX: unsigned bytes, 3 dimensions
 LABEL_MAGIC = 2049  # IDX: unsigned bytes, 1 dimension
@@ -129,7 +128,7 @@ def write_idx(path, array):
 
 # ---- the dataset -----------------------------------------------------------------------
 
-class MNIST(Dataset):
+class MNIST(ImageDataset):
     """MNIST digits held as NumPy arrays.
 
     ``images``: (N, 1, 28, 28) uint8 (read-only: it is the file's buffer);
@@ -140,28 +139,8 @@ class MNIST(Dataset):
     device="cuda", transform=ToFloat())``.
     """
 
+    shape = (1, 28, 28)
     classes = tuple("0123456789")
-
-    def __init__(self, images, labels, split=None, source=None):
-        images, labels = numpy.asarray(images), numpy.asarray(labels)
-        if images.dtype != numpy.uint8 or images.ndim != 4 or images.shape[1:] != (1, 28, 28):
-            raise ValueError(f"MNIST: expected images uint8 (N, 1, 28, 28), got {images.dtype} {images.shape}")
-        if labels.shape != images.shape[:1]:
-            raise ValueError(f"MNIST: expected labels of shape {images.shape[:1]}, got {labels.shape}")
-        self.images, self.labels = images, labels.astype(numpy.int64, copy=False)
-        self.split, self.source = split, source
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, index):
-        return to_float(numpy, self.images[index]), self.labels[index]
-
-    def get_batch(self, indices):
-        return to_float(numpy, self.images[indices]), self.labels[indices]
-
-    def __repr__(self):
-        return f"MNIST(split={self.split!r}, {len(self)} samples, from {self.source})"
 
 
 def _data_digest(a):
