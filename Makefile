@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-asan gpu-check bench clean
+.PHONY: demo test test-fast test-asan gpu-check gpu-data bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ bench: $(STAMP)
 # compute-sanitizer and the benchmark, written to $$OUT (default gpu-report/).
 gpu-check:
 	bash scripts/gpu_check.sh
+
+# Copy the MNIST cache into .gpu-data/ (ignored by git) to carry to a GPU machine without network.
+gpu-data: $(STAMP)
+	$(BIN)/python -c "import gpudl.data as d; d.mnist('train'); d.mnist('test')"
+	mkdir -p .gpu-data/mnist && cp $${GPUDL_DATA:-$$HOME/.cache/gpudl}/mnist/*-ubyte* .gpu-data/mnist/
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -33,6 +33,10 @@ else
   step "compute-sanitizer not found: skipped"
 fi
 
+step "LeNet-5 on MNIST, 2 epochs on the GPU, gpudl and PyTorch (data from \$GPUDL_DATA, default .gpu-data)"
+GPUDL_DATA=${GPUDL_DATA:-$PWD/.gpu-data} $PY scripts/gpu_mnist.py --epochs 2 --json "$OUT/mnist.json" \
+    2>&1 | tee "$OUT/mnist.txt" | tail -4 >> "$OUT/summary.txt" || status=1
+
 step "benchmark: python -m gpudl.bench all --device cuda --json"
 $PY -m gpudl.bench all --device cuda --json > "$OUT/bench.json" 2> "$OUT/bench.log" || status=1
 tail -20 "$OUT/bench.log" >> "$OUT/summary.txt"
