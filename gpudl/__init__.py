@@ -24,7 +24,7 @@ from . import ops  # noqa: F401  (installs Tensor's operators)
 from .io import save, load  # noqa: F401
 from .ops import (  # noqa: F401
     add, sub, mul, div, pow, maximum, minimum, neg, exp, log, sqrt, abs, clip, clamp,
-    matmul, sum, mean, max, min, var, std, logsumexp, argmax, argmin,
+    matmul, sum, mean, max, min, amax, amin, var, std, logsumexp, argmax, argmin,
     eq, ne, lt, le, gt, ge,
     reshape, flatten, squeeze, unsqueeze, permute, transpose, expand,
     cat, stack, split, chunk, pad, where,

@@ -21,20 +21,16 @@ def is_grad_enabled():
     return getattr(_state, "enabled", True)
 
 
-def set_grad_enabled(mode):
-    _state.enabled = bool(mode)
-
-
 class _GradMode:
     _mode = True
 
     def __enter__(self):
         self._prev = is_grad_enabled()
-        set_grad_enabled(self._mode)
+        _state.enabled = self._mode
         return self
 
     def __exit__(self, *exc):
-        set_grad_enabled(self._prev)
+        _state.enabled = self._prev
         return False
 
     def __call__(self, fn):
@@ -45,6 +41,22 @@ class _GradMode:
             with type(self)():
                 return fn(*a, **k)
         return wrapper
+
+
+class set_grad_enabled(_GradMode):
+    """Turn recording on or off: at once when called, and back when used as ``with``."""
+
+    def __init__(self, mode):
+        self._prev = is_grad_enabled()
+        self._mode = bool(mode)
+        _state.enabled = self._mode
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        _state.enabled = self._prev
+        return False
 
 
 class no_grad(_GradMode):

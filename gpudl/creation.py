@@ -96,8 +96,12 @@ def randn(*size, dtype=None, device=None, requires_grad=False):
 
 def randint(low, high=None, size=(), dtype=None, device=None):
     """Integers in [low, high), drawn by the seeded CPU generator."""
+    if isinstance(high, (tuple, list)) and size == ():    # randint(high, size), as in PyTorch
+        low, high, size = 0, low, high
     if high is None:
         low, high = 0, low
+    if not low < high:
+        raise ValueError(f"randint: expected low < high, got low={low}, high={high}")
     host = _random.cpu_generator().integers(low, high, size=_shape((size,) if isinstance(size, int) else tuple(size)))
     return _from_host(host, as_dtype(dtype) or int64, device, False)
 

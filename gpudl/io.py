@@ -28,8 +28,12 @@ def _encode(obj, arrays):
         arrays[key] = obj.device.backend.to_numpy(obj.data)
         return {"__tensor__": key, "requires_grad": bool(obj.requires_grad)}
     if isinstance(obj, numpy.ndarray) or hasattr(obj, "__cuda_array_interface__"):
+        arr = obj.get() if hasattr(obj, "get") else numpy.asarray(obj)
+        if arr.dtype.hasobject:
+            raise TypeError("save: cannot store an array of Python objects (it would need a pickle); "
+                            "convert it to a numeric or string dtype")
         key = f"a{len(arrays)}"
-        arrays[key] = obj.get() if hasattr(obj, "get") else numpy.asarray(obj)
+        arrays[key] = arr
         return {"__array__": key}
     if isinstance(obj, numpy.generic):
         return obj.item()

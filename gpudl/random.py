@@ -8,6 +8,8 @@ from the same seed, so they stay on the device and are reproducible there.
 """
 from __future__ import annotations
 
+import zlib
+
 import numpy
 
 _seed = None
@@ -43,15 +45,23 @@ def device_generator(device):
         if _seed is None:
             seed = int(_cpu_gen.integers(0, 2**63 - 1))
         else:
-            seed = (_seed * 1_000_003 + 17 + hash(key) % 1000) % 2**63
+            # a stable key (hash() of a str changes with PYTHONHASHSEED)
+            seed = (_seed * 1_000_003 + 17 + zlib.crc32(f"{key[0]}:{key[1]}".encode()) % 1000) % 2**63
         gen = device.backend.default_rng(seed)
         _device_gens[key] = gen
     return gen
 
 
 def get_rng_state():
-    """The CPU generator's state (a dict) for checkpoints."""
-    return {"seed": _seed, "cpu": _cpu_gen.bit_generator.state}
+    """The generators' states (a dict of plain values) for checkpoints.
+
+    Holds the CPU generator and every device generator with a NumPy bit
+    generator (the CPU and emulated devices); CuPy's device generators are
+    reseeded from the seed on restore.
+    """
+    devices = {f"{t}:{i}": g.bit_generator.state for (t, i), g in _device_gens.items()
+               if hasattr(g, "bit_generator")}
+    return {"seed": _seed, "cpu": _cpu_gen.bit_generator.state, "devices": devices}
 
 
 def set_rng_state(state):
@@ -59,3 +69,8 @@ def set_rng_state(state):
     _seed = state.get("seed")
     _cpu_gen.bit_generator.state = state["cpu"]
     _device_gens.clear()
+    for name, st in (state.get("devices") or {}).items():
+        t, i = name.split(":")
+        g = numpy.random.default_rng()
+        g.bit_generator.state = st
+        _device_gens[(t, None if i == "None" else int(i))] = g

@@ -189,3 +189,35 @@ def test_deepcopy_and_pickle_of_tensors():
     assert y.device is x.device and y.tolist() == [1.0, 2.0]
     z = pickle.loads(pickle.dumps(x))
     assert z.device == x.device and z.tolist() == [1.0, 2.0]
+
+
+def test_set_grad_enabled_as_call_and_context():
+    with gpudl.set_grad_enabled(False):
+        assert not gpudl.is_grad_enabled()
+    assert gpudl.is_grad_enabled()
+    gpudl.set_grad_enabled(False)
+    try:
+        assert not (gpudl.ones(1, requires_grad=True) * 2).requires_grad
+    finally:
+        gpudl.set_grad_enabled(True)
+    assert gpudl.is_grad_enabled()
+
+
+def test_dropout_masks_do_not_depend_on_the_hash_seed():
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = "import gpudl; gpudl.manual_seed(0); print(gpudl.dropout(gpudl.ones(16), 0.5).tolist())"
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, PYTHONPATH=root, PYTHONHASHSEED=s)).stdout for s in ("1", "2")}
+    assert len(outs) == 1
+
+
+def test_rng_state_round_trip_covers_dropout():
+    gpudl.manual_seed(5)
+    gpudl.dropout(gpudl.ones(8), 0.5)
+    state = gpudl.get_rng_state()
+    a = gpudl.dropout(gpudl.ones(8), 0.5).tolist()
+    gpudl.set_rng_state(state)
+    assert gpudl.dropout(gpudl.ones(8), 0.5).tolist() == a

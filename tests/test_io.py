@@ -60,3 +60,8 @@ def test_bad_files_get_clear_errors(tmp_path):
         gpudl.load(other)
     with pytest.raises(TypeError, match="object"):
         gpudl.save({"x": object()}, tmp_path / "x.npz")
+
+
+def test_object_arrays_are_refused(tmp_path):
+    with pytest.raises(TypeError, match="Python objects"):
+        gpudl.save({"a": np.array([1, "x"], dtype=object)}, tmp_path / "o.npz")

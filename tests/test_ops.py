@@ -68,8 +68,10 @@ CASES = [
     ("sum_keep", lambda a: a.sum((0, 2), keepdim=True), lambda a: a.sum((0, 2), keepdims=True), [any_(3, 4, 2)]),
     ("mean", lambda a: a.mean(-1), lambda a: a.mean(-1), [any_(3, 4)]),
     ("max", lambda a: a.max(), np.max, [apart(3, 4)]),
-    ("max_axis", lambda a: a.max(0), lambda a: a.max(0), [apart(3, 4)]),
-    ("min_keep", lambda a: a.min(1, keepdim=True), lambda a: a.min(1, keepdims=True), [apart(3, 4)]),
+    ("max_axis", lambda a: a.max(0).values, lambda a: a.max(0), [apart(3, 4)]),
+    ("min_keep", lambda a: a.min(1, keepdim=True)[0], lambda a: a.min(1, keepdims=True), [apart(3, 4)]),
+    ("amax_dims", lambda a: a.amax((0, 2)), lambda a: a.max((0, 2)), [apart(3, 4, 2)]),
+    ("amin_keep", lambda a: gpudl.amin(a, 1, keepdim=True), lambda a: a.min(1, keepdims=True), [apart(3, 4)]),
     ("var", lambda a: a.var(), lambda a: a.var(ddof=1), [any_(3, 4)]),
     ("var_axis", lambda a: a.var(0, correction=0), lambda a: a.var(0), [any_(5, 3)]),
     ("std", lambda a: a.std(1, keepdim=True), lambda a: a.std(1, ddof=1, keepdims=True), [any_(3, 6)]),
@@ -204,3 +206,44 @@ def test_setitem_and_clone(device):
     c = w.clone()
     (c * c).sum().backward()
     close(w.grad, [6.0, 2.0])
+
+
+def test_max_with_dim_returns_values_and_indices(device):
+    x = t([[0.1, 0.9, 0.9], [0.8, 0.1, 0.1]], device, requires_grad=True)
+    values, indices = x.max(1)
+    assert indices.tolist() == [1, 0] and indices.dtype == np.int64
+    close(values, [0.9, 0.8])
+    assert x.min(0, keepdim=True).indices.tolist() == [[0, 1, 1]]
+    values.sum().backward()            # the gradient goes to the returned index only (as PyTorch)
+    close(x.grad, [[0, 1, 0], [1, 0, 0]])
+    x.grad = None
+    x.max().backward()                 # a full reduction shares it between the ties
+    close(x.grad, [[0, 0.5, 0.5], [0, 0, 0]])
+
+
+def test_edge_gradients_match_pytorch(device):
+    x = t([2.0], device, requires_grad=True)
+    x.std().backward()                 # one sample, Bessel's correction: NaN, not an exception
+    assert np.isnan(x.grad.numpy()).all()
+    z = t([0.0, 2.0], device, requires_grad=True)
+    (z ** 0).sum().backward()
+    close(z.grad, [0.0, 0.0])
+
+
+def test_where_scalars_cat_promotion_randint(device):
+    cond = gpudl.tensor([True, False], device=device)
+    w = gpudl.where(cond, 1.0, 0.0)
+    assert w.tolist() == [1.0, 0.0] and w.dtype == np.float32 and w.device == device
+    c = gpudl.cat([gpudl.tensor([1, 2], device=device), gpudl.tensor([0.5], device=device)])
+    assert c.dtype == np.float32 and c.tolist() == [1.0, 2.0, 0.5]
+    r = gpudl.randint(10, (5,), device=device)
+    assert r.shape == (5,) and r.numpy().max() < 10
+    with pytest.raises(ValueError, match="low < high"):
+        gpudl.randint(3, 3)
+
+
+def test_setitem_refuses_values_that_need_grad(device):
+    w = gpudl.tensor(2.0, device=device, requires_grad=True)
+    buf = gpudl.zeros(3, device=device)
+    with pytest.raises(RuntimeError, match="not recorded by autograd"):
+        buf[0] = w * 3

@@ -163,6 +163,7 @@ class _serial:
         _local.serial = self.prev
 _SMALL_MNK = 1 << 18            # OpenBLAS: single-threaded at or below this
 _MIN_CHUNK = 32                 # fewer rows per piece than this: use plain BLAS
+_SERIAL_MIN_CHUNK = 32          # the same on the caller alone (see _chunk)
 _POOL_MIN_MNK = 1 << 22         # less work than this: the pieces run on the caller
 _POOL_SPLIT_MIN = 1 << 20       # elements: below this pooling stays on one thread
 _BLOCK_ELEMS = 1 << 18          # output elements per task of a tap sum
@@ -208,8 +209,17 @@ def _chunk(k, n, dtype):
     """How to cut a (rows, k) @ (k, n) product into single-threaded pieces:
     ``(rows per piece, columns per piece)``, or None to keep plain BLAS (no
     threads, or a k so wide that even thin pieces would be too small)."""
-    if dtype not in _GEMM or _threads() <= 1:
+    if dtype not in _GEMM:
         return None
+    if _threads() <= 1:
+        # On the caller alone, still cut into pieces that OpenBLAS runs on
+        # this thread: one plain call would wake its threads, whose spin
+        # barriers make it 5-10x slower while another process holds a core
+        # (LeNet's conv2: 5-24 ms instead of 1), and thin products (few rows
+        # and columns, a long R: LeNet's conv1) run 2-4x faster as pieces
+        # even on an idle machine.
+        ch = _SMALL_MNK // max(1, k * n)
+        return (ch, n) if ch >= _SERIAL_MIN_CHUNK else None
     if k * n * _MIN_CHUNK <= _SMALL_MNK:
         nt = n
     else:  # wide layers: cut the columns too, aiming at ~64 rows a piece
@@ -388,7 +398,7 @@ class _Axis:
 
 class _Geom:
     __slots__ = ("N", "C", "H", "W", "O", "G", "Cg", "Og", "kH", "kW",
-                 "s", "h", "w", "M", "lead", "tail", "nph", "taps", "dtype")
+                 "s", "h", "w", "M", "lead", "tail", "nph", "taps", "dtype", "affine")
 
     def __init__(self, x_shape, w_shape, stride, padding, dilation, groups, dtype):
         self.N, self.C, self.H, self.W = (int(v) for v in x_shape)
@@ -414,6 +424,17 @@ class _Geom:
         self.taps = [(kh, kw, ph, sh + lead) for kh, kw, ph, sh in taps]
         self.tail = max([lead] + [t[3] for t in self.taps])
         self.dtype = dtype
+        # (shift of tap (0, 0), step per kh, step per kw) when every tap reads
+        # the one phase at that affine shift (stride 1): the columns are then
+        # gathered, and their gradient summed back, through one strided view.
+        self.affine = None
+        if self.nph == 1 and len(self.taps) > 1:
+            s0 = self.taps[0][3]
+            a = self.taps[self.kW][3] - s0 if self.kH > 1 else 0
+            b = self.taps[1][3] - s0 if self.kW > 1 else 0
+            if a >= 0 and b >= 0 and all(sh == s0 + kh * a + kw * b
+                                         for kh, kw, _, sh in self.taps):
+                self.affine = (s0, a, b)
 
     @property
     def use_cols(self):
@@ -571,6 +592,16 @@ def _gather_cols(Xc, g):
     one contiguous row copy per tap and channel."""
     M, Cg = g.M, g.Cg
     colsT = np.empty((g.G, len(g.taps) * Cg, M), g.dtype)
+    if g.affine is not None:
+        # colsT[(kh, kw, c), m] = Xc[c, s0 + kh * a + kw * b + m]: one copy
+        s0, a, b = g.affine
+        Xc = np.ascontiguousarray(Xc)
+        es = Xc.itemsize
+        src = np.lib.stride_tricks.as_strided(
+            Xc[:, 0, :, s0:], (g.G, g.kH, g.kW, Cg, M),
+            (Xc.strides[0], a * es, b * es, Xc.strides[2], es), writeable=False)
+        np.copyto(colsT.reshape(g.G, g.kH, g.kW, Cg, M), src)
+        return colsT
 
     def run(t):
         _, _, ph, sh = g.taps[t]
@@ -578,6 +609,36 @@ def _gather_cols(Xc, g):
 
     _parallel(run, range(len(g.taps)))
     return colsT
+
+
+def _col2im_affine(Wc, GyT, g):
+    """Columns' gradient and col2im in one for affine shifts (see _Geom):
+    the gradient's rows (tap, c) are written P = M + D apart after D zeros
+    (D = the largest shift), their gaps zeroed, so that one strided view
+    lines every tap's row up with its shifted place in the input buffer and
+    a single sum over the taps adds them all.  Returns (G, 1, Cg, M + tail)."""
+    G, Cg, M, T, dt = g.G, g.Cg, g.M, g.tail, g.dtype
+    s0, a, b = g.affine
+    D = (g.kH - 1) * a + (g.kW - 1) * b
+    P = M + D
+    rows = len(g.taps) * Cg
+    buf = np.empty((G, D + rows * P), dt)
+    buf[:, :D] = 0
+    grid = buf[:, D:].reshape(G, rows, P)
+    grid[:, :, M:] = 0
+    _mm([(grid[gi, :, :M], Wc[gi], GyT[gi]) for gi in range(G)])
+    es = buf.itemsize
+    J = M + D
+    # V[gi, c, kh, kw, j] = gcols[gi, (kh, kw, c), j - kh * a - kw * b] (or 0)
+    V = np.lib.stride_tricks.as_strided(
+        buf[:, D:], (G, Cg, g.kH, g.kW, J),
+        (buf.strides[0], P * es, (g.kW * Cg * P - a) * es, (Cg * P - b) * es, es),
+        writeable=False)
+    gX = np.empty((G, 1, Cg, M + T), dt)
+    gX[..., :s0] = 0
+    gX[..., s0 + J:] = 0
+    np.sum(V, axis=(2, 3), out=gX[:, 0, :, s0:s0 + J])
+    return gX
 
 
 def _mm(jobs):
@@ -701,14 +762,17 @@ def _conv2d_backward(x, w, gy, g, dt, need_x, need_w, need_b):
         if g.use_cols:
             # the columns' gradient, transposed: (G, KK*Cg, M) = W_cols @ Gy.T
             Wc = np.ascontiguousarray(Wg.transpose(0, 1, 2, 4, 3)).reshape(g.G, KK * Cg, g.Og)
-            gcolsT = np.empty((g.G, KK * Cg, M), dt)
-            _mm([(gcolsT[gi], Wc[gi], GyT[gi]) for gi in range(g.G)])
+            if g.affine is not None:
+                gX = _col2im_affine(Wc, GyT, g)
+            else:
+                gcolsT = np.empty((g.G, KK * Cg, M), dt)
+                _mm([(gcolsT[gi], Wc[gi], GyT[gi]) for gi in range(g.G)])
+                gX = np.zeros((g.G, g.nph, Cg, M + T), dt)
+                for t, (_, _, ph, sh) in enumerate(g.taps):  # col2im: row adds
+                    dst = gX[:, ph, :, sh:sh + M]
+                    np.add(dst, gcolsT[:, t * Cg:(t + 1) * Cg], out=dst)
+                del gcolsT
             del GyT
-            gX = np.zeros((g.G, g.nph, Cg, M + T), dt)
-            for t, (_, _, ph, sh) in enumerate(g.taps):  # col2im: row adds
-                dst = gX[:, ph, :, sh:sh + M]
-                np.add(dst, gcolsT[:, t * Cg:(t + 1) * Cg], out=dst)
-            del gcolsT
         else:
             # gX[ph][r] = sum over the phase's taps of Gy[r - shift] @ W_tap.T,
             # read from the zero-margined Gp so that every row exists

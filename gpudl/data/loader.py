@@ -20,7 +20,7 @@ def _stack_field(values, k):
     if isinstance(first, Tensor):
         values = [v.detach().numpy() for v in values]
     elif isinstance(first, numbers.Number) and not isinstance(first, numpy.generic):  # Python scalars
-        return numpy.asarray(values, dtype=_infer_dtype(first))
+        return numpy.asarray(values, dtype=_infer_dtype(values))
     try:
         return numpy.stack([numpy.asarray(v) for v in values])
     except ValueError:

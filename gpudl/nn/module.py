@@ -389,9 +389,10 @@ class Module:
                 p.grad.data = p.device.backend.xp.zeros_like(p.grad.data)
 
     def apply(self, fn):
-        """Call ``fn`` on every descendant, then on self; returns self."""
-        for m in list(self.modules())[::-1]:
-            fn(m)
+        """Call ``fn`` on every descendant (children in order, depth first), then on self; returns self."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
         return self
 
     def to(self, *args, **kwargs):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from ..tensor import Tensor
 from .math import (  # noqa: F401
     add, sub, mul, div, pow, maximum, minimum, neg, exp, log, sqrt, abs, clip, clamp,
-    astype, matmul, sum, mean, max, min, var, std, logsumexp, argmax, argmin,
+    astype, matmul, sum, mean, max, min, amax, amin, var, std, logsumexp, argmax, argmin,
     eq, ne, lt, le, gt, ge,
 )
 from .shape import (  # noqa: F401
@@ -44,7 +44,7 @@ def _install():
     for name, fn in dict(
         add=add, sub=sub, mul=mul, div=div, pow=pow, matmul=matmul, maximum=maximum, minimum=minimum,
         exp=exp, log=log, sqrt=sqrt, abs=abs, neg=neg, clip=clip, clamp=clamp, astype=astype,
-        sum=sum, mean=mean, max=max, min=min, var=var, std=std, logsumexp=logsumexp,
+        sum=sum, mean=mean, max=max, min=min, amax=amax, amin=amin, var=var, std=std, logsumexp=logsumexp,
         argmax=argmax, argmin=argmin, reshape=reshape, view=view, flatten=flatten, squeeze=squeeze,
         unsqueeze=unsqueeze, permute=permute, transpose=transpose, expand=expand,
         split=split, chunk=chunk, relu=relu, sigmoid=sigmoid, tanh=tanh, softmax=softmax,

@@ -72,7 +72,7 @@ class Pow(Function):
         a, b, out = ctx.saved
         xp = ctx.xp
         na, nb = ctx.needs_input_grad
-        ga = g * b * a ** (b - 1) if na else None
+        ga = g * b * xp.where(b == 0, 0, a ** xp.where(b == 0, 1, b - 1)) if na else None  # d/da a**0 = 0 at a = 0 too
         gb = None
         if nb:
             safe = xp.where(a > 0, a, 1)
@@ -383,14 +383,16 @@ class Var(Function):
         ctx.save_for_backward(x, mean)
         ctx.axes, ctx.keepdims, ctx.denom = axes, keepdims, builtins.max(n - correction, 0)
         d = x - mean
-        return (d * d).sum(axis=axes, keepdims=keepdims) / ctx.denom
+        total = (d * d).sum(axis=axes, keepdims=keepdims)
+        return total / ctx.denom if ctx.denom else total * x.dtype.type("nan")
 
     @staticmethod
     def backward(ctx, g):
         x, mean = ctx.saved
         if not ctx.keepdims and x.ndim:
             g = ctx.xp.expand_dims(g, ctx.axes)
-        return g * (2.0 / ctx.denom) * (x - mean), None, None, None
+        scale = 2.0 / ctx.denom if ctx.denom else float("nan")   # as PyTorch: NaN, not an exception
+        return g * x.dtype.type(scale) * (x - mean), None, None, None
 
 
 class LogSumExp(Function):
@@ -431,18 +433,75 @@ def mean(x, dim=None, keepdim=False):
     return Mean.apply(x, axes, keepdim)
 
 
-def max(x, dim=None, keepdim=False):
-    axes = _reduce_args(x, dim, "max")
+class ValuesIndices(tuple):
+    """(values, indices) as ``max(dim)`` / ``min(dim)`` return them, as in PyTorch."""
+
+    __slots__ = ()
+
+    def __new__(cls, values, indices):
+        return super().__new__(cls, (values, indices))
+
+    values = property(lambda self: self[0])
+    indices = property(lambda self: self[1])
+
+
+class MaxMinDim(Function):
+    """max/min along one axis; the gradient goes to the returned index only."""
+
+    @staticmethod
+    def forward(ctx, x, axis, keepdim, is_max):
+        xp = ctx.xp
+        idx = (x.argmax if is_max else x.argmin)(axis=axis)
+        idx = xp.expand_dims(idx, axis)
+        ctx.save_for_backward(idx)
+        ctx.shape, ctx.axis, ctx.keepdim = x.shape, axis, keepdim
+        vals = xp.take_along_axis(x, idx, axis=axis)
+        return vals if keepdim else xp.squeeze(vals, axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        xp = ctx.xp
+        idx, = ctx.saved
+        if not ctx.keepdim:
+            g = xp.expand_dims(g, ctx.axis)
+        shape = [1] * len(ctx.shape)
+        shape[ctx.axis] = ctx.shape[ctx.axis]
+        hit = xp.arange(ctx.shape[ctx.axis]).reshape(shape) == idx
+        return hit * g, None, None, None
+
+
+def _max_min(x, dim, keepdim, is_max):
+    op = "max" if is_max else "min"
+    axes = _reduce_args(x, dim, op)
     if x.numel() == 0:
-        raise ValueError(f"max: expected a non-empty tensor, got shape {x.shape}")
-    return MaxMin.apply(x, axes, keepdim, True)
+        raise ValueError(f"{op}: expected a non-empty tensor, got shape {x.shape}")
+    if isinstance(dim, numbers.Integral):
+        out = MaxMinDim.apply(x, axes[0], keepdim, is_max)
+        idx = ((x.data.argmax if is_max else x.data.argmin)(axis=axes[0]))
+        if keepdim:
+            idx = x.device.backend.xp.expand_dims(idx, axes[0])
+        return ValuesIndices(out, Tensor._make(idx.astype("int64"), x.device))
+    return MaxMin.apply(x, axes, keepdim, is_max)
+
+
+def max(x, dim=None, keepdim=False):
+    """The largest value; with an int ``dim``, ``(values, indices)`` as in PyTorch
+    (the gradient goes to the index); with a tuple of dims, the values (ties share it)."""
+    return _max_min(x, dim, keepdim, True)
 
 
 def min(x, dim=None, keepdim=False):
-    axes = _reduce_args(x, dim, "min")
-    if x.numel() == 0:
-        raise ValueError(f"min: expected a non-empty tensor, got shape {x.shape}")
-    return MaxMin.apply(x, axes, keepdim, False)
+    """The smallest value; see :func:`max`."""
+    return _max_min(x, dim, keepdim, False)
+
+
+def amax(x, dim=None, keepdim=False):
+    """max over ``dim`` (int or tuple) returning values only; ties share the gradient."""
+    return MaxMin.apply(x, _reduce_args(x, dim, "amax"), keepdim, True)
+
+
+def amin(x, dim=None, keepdim=False):
+    return MaxMin.apply(x, _reduce_args(x, dim, "amin"), keepdim, False)
 
 
 def var(x, dim=None, keepdim=False, correction=1, unbiased=None):

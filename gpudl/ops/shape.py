@@ -182,11 +182,18 @@ def getitem(x, idx):
 
 
 def setitem(x, idx, value):
-    """In-place assignment into data; refused on tensors that are part of a graph."""
+    """In-place assignment into ``x.data`` (not recorded by autograd).
+
+    Refused while grad mode is on when ``x`` or the value requires grad, since
+    the graph could not see the write. Writing into a tensor that an op has
+    already saved for its backward pass changes that gradient: gpudl keeps no
+    version counters, so build a new tensor (``where``, ``cat``) instead.
+    """
     from ..autograd import is_grad_enabled
-    if x.requires_grad and is_grad_enabled():
-        raise RuntimeError("setitem: in-place assignment into a tensor that requires grad; "
-                           "do it under gpudl.no_grad() or on .detach()")
+    if is_grad_enabled() and (x.requires_grad or (isinstance(value, Tensor) and value.requires_grad)):
+        raise RuntimeError("setitem: in-place assignment is not recorded by autograd and a tensor here "
+                           "requires grad; do it under gpudl.no_grad() or on .detach(), or build the "
+                           "result with where/cat")
     idx = _convert_index(idx, x)
     if isinstance(value, Tensor):
         if value.device != x.device:
@@ -217,7 +224,9 @@ def _check_join(tensors, op):
     for t in tensors:
         if not isinstance(t, Tensor):
             raise TypeError(f"{op}: expected Tensors, got {type(t).__name__}")
-    dt = numpy.result_type(*[t.dtype for t in tensors])
+    floats = [t.dtype for t in tensors if t.dtype.kind == "f"]
+    # float with int keeps the float's dtype, as in the binary ops (and PyTorch)
+    dt = numpy.result_type(*floats) if floats else numpy.result_type(*[t.dtype for t in tensors])
     return [t if t.dtype == dt else t.astype(dt) for t in tensors]
 
 
@@ -319,6 +328,9 @@ def where(condition, a, b):
     if not isinstance(condition, Tensor) or condition.dtype.kind != "b":
         raise TypeError(f"where: expected a bool Tensor as condition, got "
                         f"{condition.dtype if isinstance(condition, Tensor) else type(condition).__name__}")
+    if not isinstance(a, Tensor) and not isinstance(b, Tensor):
+        from ..creation import full
+        a = full((), a, dtype=binary_operands(full((), a), b, "where")[0].dtype, device=condition.device)
     a, b = binary_operands(a, b, "where")
     if condition.device != a.device:
         raise ValueError(f"where: condition on {condition.device}, values on {a.device}")
