@@ -635,3 +635,33 @@ def test_backend_exports_these_functions():
              "softmax_cross_entropy_forward", "softmax_cross_entropy_backward"]
     for n in names:
         assert callable(getattr(K, n))
+
+
+# (N, C, H, W, O, (kH, kW), stride, padding, dilation, groups): columns path,
+# stride 1, so the taps' shifts are affine (strided gather and col2im)
+AFFINE_CASES = [
+    (2, 1, 9, 8, 3, (5, 5), 1, 2, 1, 1),         # LeNet's first conv, small
+    (2, 6, 7, 7, 4, (3, 2), 1, (1, 0), (2, 1), 1),  # rectangular, mixed dilation
+    (1, 6, 6, 9, 6, (2, 3), 1, (0, 2), 1, 3),    # groups, asymmetric padding
+    (2, 4, 5, 5, 4, 3, 1, 1, 1, 4),              # depthwise
+]
+
+
+@pytest.mark.parametrize("case", AFFINE_CASES, ids=str)
+def test_conv2d_cols_affine_matches_tap_loop(case, poisoned):
+    """The one-view gather / col2im agree with the per-tap loops."""
+    N, C, H, W, O, k, s, p, d, G = case
+    x, w, b, s, p, d, G = _conv_args((N, C, H, W, O, k, s, 0, 1, G), seed=3)
+    p, d = pair(p), pair(d)
+    dt = np.dtype(np.float64)
+    g = K._Geom(x.shape, w.shape, s, p, d, G, dt)
+    assert g.use_cols and g.affine is not None
+    y = K._conv2d_forward(x, w, b, g, dt)
+    np.testing.assert_allclose(y, ref_conv2d(x, w, b, s, p, d, G), rtol=1e-10, atol=1e-10)
+    gy = rng(4).standard_normal(y.shape)
+    fast = K._conv2d_backward(x, w, gy, g, dt, True, True, True)
+    g.affine = None
+    slow = K._conv2d_backward(x, w, gy, g, dt, True, True, True)
+    np.testing.assert_allclose(K._conv2d_forward(x, w, b, g, dt), y, rtol=1e-12, atol=1e-12)
+    for a_, b_ in zip(fast, slow):
+        np.testing.assert_allclose(a_, b_, rtol=1e-12, atol=1e-12)

@@ -163,7 +163,7 @@ class _serial:
         _local.serial = self.prev
 _SMALL_MNK = 1 << 18            # OpenBLAS: single-threaded at or below this
 _MIN_CHUNK = 32                 # fewer rows per piece than this: use plain BLAS
-_SERIAL_MIN_CHUNK = 32          # the same on the caller alone (see _chunk)
+_SERIAL_MIN_CHUNK = 512         # the same on the caller alone (see _chunk)
 _POOL_MIN_MNK = 1 << 22         # less work than this: the pieces run on the caller
 _POOL_SPLIT_MIN = 1 << 20       # elements: below this pooling stays on one thread
 _BLOCK_ELEMS = 1 << 18          # output elements per task of a tap sum
