@@ -123,11 +123,7 @@ def _ops_cases(backend, torch, device, seed=0):
         if torch is not None and torch_device(device) == "cuda":
             torch.cuda.synchronize()
 
-    tdev = torch_device(device)
-    if torch is not None and tdev == "cuda":
-        # an FP32 comparison: PyTorch would otherwise use TF32 tensor cores
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
+    tdev = torch_device(device)   # (TF32 is turned off by _peer for an FP32 comparison)
 
     def T(a, grad=False):
         return torch.tensor(np.asarray(a), device=tdev, requires_grad=grad)
@@ -211,26 +207,39 @@ def _ops_cases(backend, torch, device, seed=0):
     return cases
 
 
-def _ops_run(args):
-    backend = get_backend(args.device)
-    torch = None if args.no_torch else load_torch(args.threads)
-    if torch is None and not args.no_torch and not args.json:
-        print("PyTorch is not installed: gpudl's numbers only "
-              "(pip install torch==2.13.0 to compare)", file=sys.stderr)
-    results = compare(_ops_cases(backend, torch, args.device), args.repeat)
-    meta = {"device": args.device, "backend": getattr(backend, "name", "?"),
-            "repeat": args.repeat}
+def _report(kind, args, results, torch, meta, what):
+    """Print (or dump as JSON) one subcommand's results with the peer's version."""
+    meta = {"device": args.device, **meta, "repeat": args.repeat}
     if torch is not None:
         meta["torch"] = torch.__version__
         meta["torch_threads"] = torch.get_num_threads()
     if args.json:
-        print(json.dumps({"bench": "ops", **meta, "results": results}, indent=2))
-    else:
-        print(f"gpudl bench ops: device={args.device} backend={meta['backend']} "
-              f"repeat={args.repeat} (medians)"
-              + (f"; torch {meta['torch']}, {meta['torch_threads']} threads" if torch else ""))
-        print_table(results)
+        print(json.dumps({"bench": kind, **meta, "results": results}, indent=2))
+        return 0
+    print(f"gpudl bench {kind}: " + " ".join(f"{k}={v}" for k, v in meta.items() if not k.startswith("torch"))
+          + f" ({what})" + (f"; torch {meta['torch']}, {meta['torch_threads']} threads" if torch else ""))
+    print_table(results)
     return 0
+
+
+def _peer(args):
+    """PyTorch for the comparison (None with --no-torch or when it is not installed)."""
+    torch = None if args.no_torch else load_torch(args.threads)
+    if torch is None and not args.no_torch and not args.json:
+        print("PyTorch is not installed: gpudl's numbers only "
+              "(pip install torch==2.13.0 to compare)", file=sys.stderr)
+    if torch is not None and args.device not in (None, "cpu"):
+        torch.backends.cudnn.allow_tf32 = False          # an FP32 comparison
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
+    return torch
+
+
+def _ops_run(args):
+    backend = get_backend(args.device)
+    torch = _peer(args)
+    results = compare(_ops_cases(backend, torch, args.device), args.repeat)
+    return _report("ops", args, results, torch, {"backend": getattr(backend, "name", "?")}, "medians")
 
 
 # ---------------------------------------------------------------------------
@@ -248,24 +257,10 @@ def _models_args(p):
 
 def _models_run(args):
     from .bench_models import cases
-    torch = None if args.no_torch else load_torch(args.threads)
-    if torch is not None and args.device not in (None, "cpu"):
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.benchmark = True
+    torch = _peer(args)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     results = compare(cases(args.device, torch, names), args.repeat, inner=args.inner)
-    meta = {"device": args.device, "repeat": args.repeat}
-    if torch is not None:
-        meta["torch"] = torch.__version__
-        meta["torch_threads"] = torch.get_num_threads()
-    if args.json:
-        print(json.dumps({"bench": "models", **meta, "results": results}, indent=2))
-    else:
-        print(f"gpudl bench models: device={args.device} repeat={args.repeat} (medians of one training step)"
-              + (f"; torch {meta['torch']}, {meta['torch_threads']} threads" if torch else ""))
-        print_table(results)
-    return 0
+    return _report("models", args, results, torch, {"inner": args.inner}, "medians of one training step")
 
 
 # ---------------------------------------------------------------------------
