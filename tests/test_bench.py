@@ -1,0 +1,30 @@
+"""The benchmark command runs and reports (timings are never asserted)."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _bench(*args):
+    r = subprocess.run([sys.executable, "-m", "gpudl.bench", *args], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT), timeout=600)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_bench_ops_json():
+    out = json.loads(_bench("ops", "--repeat", "1", "--no-torch", "--json"))
+    assert out["bench"] == "ops" and out["device"] == "cpu"
+    names = [r["name"] for r in out["results"]]
+    assert any("conv2d" in n for n in names) and any("max_pool2d" in n for n in names)
+    assert all(r["gpudl_ms"] > 0 for r in out["results"])
+
+
+def test_bench_models_and_knn():
+    out = json.loads(_bench("models", "--models", "mlp,lenet5", "--repeat", "1", "--inner", "1",
+                            "--no-torch", "--json"))
+    assert [r["name"] for r in out["results"]] == ["mlp train step", "lenet5 train step"]
+    text = _bench("knn", "--train", "300", "--query", "30", "--dim", "16", "--repeat", "1", "--no-sklearn")
+    assert "gpudl" in text
