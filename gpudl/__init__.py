@@ -32,3 +32,15 @@ from .ops import (  # noqa: F401
 )
 
 bool = bool_  # noqa: A001  (gpudl.bool as in torch.bool)
+
+_LAZY = {"nn", "optim", "data", "models", "classic", "train", "testing"}
+
+
+def __getattr__(name):
+    """``gpudl.nn``, ``gpudl.optim``, ... and ``gpudl.Trainer`` load on first use (PEP 562)."""
+    import importlib
+    if name in _LAZY:
+        return importlib.import_module(f".{name}", __name__)
+    if name == "Trainer":
+        return importlib.import_module(".train", __name__).Trainer
+    raise AttributeError(f"module 'gpudl' has no attribute {name!r}")

@@ -120,3 +120,10 @@ def test_iteration_and_len(device):
     assert [r.tolist() for r in x] == [[0, 1], [2, 3], [4, 5]]
     with pytest.raises(ValueError, match="ambiguous"):
         bool(x)
+
+
+def test_the_face_of_the_package():
+    assert gpudl.Trainer.__name__ == "Trainer"
+    assert gpudl.nn.Linear and gpudl.optim.SGD and gpudl.data.DataLoader and gpudl.models.create
+    with pytest.raises(AttributeError, match="nonesuch"):
+        gpudl.nonesuch
