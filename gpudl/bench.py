@@ -153,35 +153,25 @@ def _ops_cases(backend, torch, device, seed=0):
         conv.update(peer=conv_peer, peer_sync=peer_sync)
     cases.append(conv)
 
-    # max pool 2x2 on the same tensor
-    def pool_ours():
+    # max and average pool 2x2 on the same tensor
+    def max_ours():
         y, arg = backend.max_pool2d_forward(cx, (2, 2), (2, 2), (0, 0))
         backend.max_pool2d_backward(y, arg, cx.shape, (2, 2), (2, 2), (0, 0))
 
-    pool = {"name": "max_pool2d 2x2", "shape": "64x32x32x32",
-            "ours": pool_ours, "ours_sync": sync}
-    if torch is not None:
-        def pool_peer():
-            y = F.max_pool2d(tx, 2)
-            torch.autograd.grad(y, tx, y.detach())
-
-        pool.update(peer=pool_peer, peer_sync=peer_sync)
-    cases.append(pool)
-
-    # avg pool 2x2 on the same tensor
     def avg_ours():
         y = backend.avg_pool2d_forward(cx, (2, 2), (2, 2), (0, 0), True)
         backend.avg_pool2d_backward(y, cx.shape, (2, 2), (2, 2), (0, 0), True)
 
-    avg = {"name": "avg_pool2d 2x2", "shape": "64x32x32x32",
-           "ours": avg_ours, "ours_sync": sync}
-    if torch is not None:
-        def avg_peer():
-            y = F.avg_pool2d(tx, 2)
-            torch.autograd.grad(y, tx, y.detach())
+    for name, ours, peer_fn in (("max_pool2d 2x2", max_ours, "max_pool2d"),
+                                ("avg_pool2d 2x2", avg_ours, "avg_pool2d")):
+        case = {"name": name, "shape": "64x32x32x32", "ours": ours, "ours_sync": sync}
+        if torch is not None:
+            def peer(fn=getattr(F, peer_fn)):
+                y = fn(tx, 2)
+                torch.autograd.grad(y, tx, y.detach())
 
-        avg.update(peer=avg_peer, peer_sync=peer_sync)
-    cases.append(avg)
+            case.update(peer=peer, peer_sync=peer_sync)
+        cases.append(case)
 
     # softmax cross-entropy, 512 x 1000
     z = (rng.standard_normal((512, 1000), dtype=np.float32) * 2).astype(np.float32)

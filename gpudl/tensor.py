@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy
 
 from . import autograd
-from .backend import Device, resolve, cpu
+from .backend import resolve, cpu
 
 float32 = numpy.dtype("float32")
 float64 = numpy.dtype("float64")
@@ -217,10 +217,10 @@ class Tensor:
 
 
 class _ToDevice(autograd.Function):
-    @staticmethod
-    def forward(ctx, x, dev):
-        ctx.src = ctx.device
-        return dev.backend.asarray(ctx.device.backend.to_numpy(x))
+    """A copy to another device; the gradient is copied back.
+
+    ``apply`` is written out because the output lives on the target device,
+    not on the input's (which ``Function.apply`` assumes)."""
 
     @staticmethod
     def backward(ctx, g):

@@ -17,7 +17,10 @@ def _reduce(per_item, reduction, op, count=None):
 
 
 def _check_target(scores, target, op, ignore_index=None):
-    """Integer class labels of shape (N,), each in [0, C) (or ignore_index)."""
+    """Check integer class labels of shape (N,), each in [0, C) (or ignore_index).
+
+    Returns (ignored mask, whether any row is ignored).
+    """
     if not isinstance(scores, Tensor) or scores.ndim != 2:
         raise ValueError(f"{op}: expected input of shape (N, C), got "
                          f"{scores.shape if isinstance(scores, Tensor) else type(scores).__name__}")
@@ -35,14 +38,16 @@ def _check_target(scores, target, op, ignore_index=None):
         raise ValueError(f"{op}: input on {scores.device}, target on {target.device}")
     c = scores.shape[1]
     t = target.data
-    if ignore_index is not None:
-        t = t[t != ignore_index]
-    if t.size:
-        lo, hi = int(t.min()), int(t.max())
-        if lo < 0 or hi >= c:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"{op}: target holds class {bad}, expected classes in [0, {c - 1}]"
-                             + (f" or ignore_index={ignore_index}" if ignore_index is not None else ""))
+    xp = target.device.backend.xp
+    ignored = (t == ignore_index) if ignore_index is not None else xp.zeros(t.shape, dtype=bool)
+    bad = ~ignored & ((t < 0) | (t >= c))
+    # one read-back for both questions (each would be a host sync on a GPU)
+    any_bad, any_ignored = (bool(v) for v in target.device.backend.to_numpy(xp.stack([bad.any(), ignored.any()])))
+    if any_bad:
+        first = int(t[bad][0])
+        raise ValueError(f"{op}: target holds class {first}, expected classes in [0, {c - 1}]"
+                         + (f" or ignore_index={ignore_index}" if ignore_index is not None else ""))
+    return ignored, any_ignored
 
 
 class SoftmaxCrossEntropy(Function):
@@ -76,10 +81,8 @@ def cross_entropy(input, target, reduction="mean", label_smoothing=0.0, ignore_i
             target = target.reshape(-1)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"{op}: expected 0 <= label_smoothing <= 1, got {label_smoothing}")
-    _check_target(input, target, op, ignore_index)
+    ignore, has_ignored = _check_target(input, target, op, ignore_index)
     xp = input.device.backend.xp
-    ignore = target.data == ignore_index
-    has_ignored = bool(ignore.any())
     labels = xp.where(ignore, 0, target.data) if has_ignored else target.data
     loss = SoftmaxCrossEntropy.apply(input, labels, float(label_smoothing))
     if not has_ignored:
@@ -120,9 +123,8 @@ def multiclass_hinge_loss(input, target, margin=1.0, reduction="mean"):
 
 def nll_loss(input, target, reduction="mean", ignore_index=-100):
     """Negative log-likelihood of log-probabilities (N, C) at class indices (N,)."""
-    _check_target(input, target, "nll_loss", ignore_index)
+    ignore, _ = _check_target(input, target, "nll_loss", ignore_index)
     xp = input.device.backend.xp
-    ignore = target.data == ignore_index
     labels = xp.where(ignore, 0, target.data)
     rows = xp.arange(input.shape[0])
     picked = -input[rows, labels]
