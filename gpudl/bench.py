@@ -14,6 +14,8 @@ steal the cores from the other's next run.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import statistics
 import sys
@@ -283,21 +285,34 @@ def build_parser():
     return parser
 
 
+def _all(rest):
+    """ops, models and knn in turn; with --json, one JSON document holding all three."""
+    from .bench_knn import main as knn_main
+    knn_rest = ["--json"] * ("--json" in rest)
+    if "--device" in rest and rest.index("--device") + 1 < len(rest):
+        knn_rest += ["--device", rest[rest.index("--device") + 1]]
+    knn_rest += [a for a in rest if a.startswith("--device=")]
+    runs = [lambda: main(["ops"] + rest), lambda: main(["models"] + rest), lambda: knn_main(knn_rest)]
+    if "--json" not in rest:
+        return max(run() for run in runs)
+    parts, rc = [], 0
+    for run in runs:
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            rc = max(rc, run())
+        if buf.getvalue().strip():
+            parts.append(json.loads(buf.getvalue()))
+    print(json.dumps({"bench": "all", "parts": parts}, indent=2))
+    return rc
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["knn"]:          # KNN against scikit-learn has its own options
         from .bench_knn import main as knn_main
         return knn_main(argv[1:])
     if argv[:1] == ["all"]:          # ops, models and knn with the shared options
-        rest = argv[1:]
-        knn_rest = [a for a in rest if a in ("--json",) or a.startswith("--device")]
-        if "--device" in rest:
-            knn_rest = ["--json"] * ("--json" in rest) + ["--device", rest[rest.index("--device") + 1]]
-        rc = 0
-        for sub in ("ops", "models"):
-            rc |= main([sub] + rest)
-        from .bench_knn import main as knn_main
-        return rc | knn_main(knn_rest)
+        return _all(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.repeat < 1:

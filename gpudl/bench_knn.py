@@ -60,14 +60,18 @@ def main(argv=None):
             build_parser().error(f"--{name} must be at least 1")
 
     import numpy as np
-    from gpudl.backend import resolve
+    from gpudl.backend import DeviceError, resolve
     from gpudl.classic import KNeighborsClassifier
 
     rng = np.random.default_rng(args.seed)
     X = rng.random((args.train, args.dim), dtype=np.float32)
     y = rng.integers(0, args.classes, args.train)
     Q = rng.random((args.query, args.dim), dtype=np.float32)
-    dev = resolve(args.device)
+    try:
+        dev = resolve(args.device)
+    except DeviceError as e:
+        print(f"gpudl bench knn: {e}", file=sys.stderr)
+        return 2
     out = {}
 
     def ours():

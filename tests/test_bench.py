@@ -28,3 +28,15 @@ def test_bench_models_and_knn():
     assert [r["name"] for r in out["results"]] == ["mlp train step", "lenet5 train step"]
     text = _bench("knn", "--train", "300", "--query", "30", "--dim", "16", "--repeat", "1", "--no-sklearn")
     assert "gpudl" in text
+
+
+def test_bench_all_on_a_device_that_does_not_answer_says_why():
+    import gpudl
+    if gpudl.cuda_available():
+        import pytest
+        pytest.skip("a GPU answers here")
+    r = subprocess.run([sys.executable, "-m", "gpudl.bench", "all", "--device", "cuda", "--json"],
+                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=600)
+    assert r.returncode == 2
+    assert r.stderr.count("CUDA is not usable") == 3       # ops, models and knn each say so
+    assert json.loads(r.stdout) == {"bench": "all", "parts": []}
