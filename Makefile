@@ -28,7 +28,7 @@ test-fast: $(STAMP)
 # The emulated kernels once more, built with -fsanitize=address: an out-of-bounds
 # access in any .cu file fails here.
 test-asan: $(STAMP)
-	$(BIN)/python -m gpudl.testing.asan_run tests/test_kernels_emulated.py tests/test_lstm_kernel.py
+	$(BIN)/python -m gpudl.testing.asan_run tests/test_kernels_emulated.py tests/test_lstm_kernel.py tests/test_batchnorm_kernel.py tests/test_optim_kernel.py
 
 bench: $(STAMP)
 	$(BIN)/python -m gpudl.bench all

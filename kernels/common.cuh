@@ -23,6 +23,8 @@ __device__ inline float gd_exp(float x) { return expf(x); }
 __device__ inline double gd_exp(double x) { return exp(x); }
 __device__ inline float gd_log(float x) { return logf(x); }
 __device__ inline double gd_log(double x) { return log(x); }
+__device__ inline float gd_sqrt(float x) { return sqrtf(x); }
+__device__ inline double gd_sqrt(double x) { return sqrt(x); }
 
 template <typename T>
 __device__ inline T gd_max(T a, T b) { return a > b ? a : b; }

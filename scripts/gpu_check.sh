@@ -34,7 +34,7 @@ if command -v compute-sanitizer >/dev/null 2>&1; then
     step "compute-sanitizer --tool $tool on the kernel parity tests"
     echo "===== $tool" >> "$OUT/sanitizer.txt"
     timeout "${T_SANITIZER:-100}" compute-sanitizer --tool "$tool" --error-exitcode 3 \
-        $PY -m pytest -q -p no:cacheprovider tests/test_parity.py -k "cuda and not whole" \
+        $PY -m pytest -q -p no:cacheprovider tests/test_parity.py tests/test_batchnorm_kernel.py tests/test_optim_kernel.py -k "cuda and not whole" \
         >> "$OUT/sanitizer.txt" 2>&1 || fail "compute-sanitizer $tool (exit $?)"
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY|passed|failed" "$OUT/sanitizer.txt" | tail -2 | tee -a "$S"
   done

@@ -1,5 +1,4 @@
 """The ``device`` fixture: every device that answers; the others are skipped with a reason."""
-import os
 
 import pytest
 
@@ -30,6 +29,16 @@ def get_device(name):
         from gpudl.testing import emulated_device
         return emulated_device()
     return gpudl.device(name)
+
+
+@pytest.fixture(scope="module")
+def emu():
+    """The emulated GPU's backend (the CUDA backend's code on the CUDA emulator)."""
+    why = _emulator_reason()
+    if why:
+        pytest.skip(why)
+    from gpudl.testing import emulated_backend
+    return emulated_backend()
 
 
 @pytest.fixture(params=_device_params())

@@ -50,15 +50,6 @@ def inputs(N, H, dtype, seed=0, scale=2.0):
     return gates, c_prev, gh, gc
 
 
-@pytest.fixture(scope="module")
-def emu():
-    pytest.importorskip("gpudl.testing.cuda_emulator")
-    from gpudl.testing import emulated_backend, emulated_device_unavailable_reason
-    if emulated_device_unavailable_reason():
-        pytest.skip(emulated_device_unavailable_reason())
-    return emulated_backend()
-
-
 class _NoLaunch:
     def __call__(self, filename):
         raise AssertionError(f"a kernel from {filename} was about to launch")

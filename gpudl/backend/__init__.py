@@ -40,6 +40,29 @@ Kernel-level functions (identical signatures on every backend)::
     For both, ``out`` is None (new output arrays) or a tuple of C-contiguous
     arrays of the outputs' shapes and dtype to write into (they must not
     overlap the inputs); the same arrays are returned.
+    batch_norm_forward(x, weight, bias, running_mean, running_var, eps,
+                       momentum, use_batch_stats) -> (y, xhat, invstd)
+        x (N, C, ...) float; weight, bias, running_mean, running_var (C,)
+        or None.  With use_batch_stats the batch's mean and (biased)
+        variance over every axis but 1 normalise, and the running
+        statistics, when given, move by momentum in place (the variance
+        unbiased); otherwise the running statistics normalise.
+        xhat = (x - mean) * invstd, y = xhat * weight + bias (each optional);
+        invstd (C,) = 1 / sqrt(var + eps).  y, xhat, invstd in x's dtype.
+    batch_norm_backward(g, xhat, invstd, weight, use_batch_stats,
+                        need=(True, True, True)) -> (gx, gweight, gbias)
+        g like xhat; entries are None where ``need`` is False.
+    sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov,
+               maximize, first, scratch=None) -> None
+        One SGD step in place on p and (when momentum != 0) buf; ``first``:
+        buf holds nothing yet and takes the first direction.
+    adam_update(p, g, m, v, v_max, lr, beta1, beta2, eps, weight_decay,
+                decoupled, maximize, step, scratch=None) -> None
+        One Adam (AdamW with ``decoupled``) step in place on p, m, v and
+        v_max (None unless amsgrad); ``step`` counts from 1.
+    For both, p, g and the state arrays have one shape and float dtype;
+    ``scratch`` is None or two arrays like p for temporaries (the CPU
+    backend's; kernels need none).  The formulas are in kernels/optim.cu.
 
 Array plumbing::
 
@@ -66,6 +89,8 @@ BACKEND_API = (
     "avg_pool2d_forward", "avg_pool2d_backward",
     "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
     "lstm_cell_forward", "lstm_cell_backward",
+    "batch_norm_forward", "batch_norm_backward",
+    "sgd_update", "adam_update",
 )
 
 

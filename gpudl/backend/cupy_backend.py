@@ -37,6 +37,7 @@ buffer stays under ``_COLS_BUDGET_BYTES``.  Every kernel is deterministic
 from __future__ import annotations
 
 import contextlib
+import math
 import operator
 import types
 
@@ -76,6 +77,42 @@ def _check_dims(dims, what, limits):
     return tuple(int(d) for d in dims)
 
 
+def _check_launch(xp, kernel, grid, block, args, device_index):
+    """The checks of :func:`launch`; returns (grid, block, args) ready for the call."""
+    grid = _check_dims(grid, f"{kernel}: grid", (_MAX_GRID_X, _MAX_GRID_YZ, _MAX_GRID_YZ))
+    block = _check_dims(block, f"{kernel}: block", (1024, 1024, 64))
+    threads = 1
+    for d in block:
+        threads *= d
+    if threads > 1024:
+        raise KernelArgumentError(f"{kernel}: block {block} has more than 1024 threads")
+    args = tuple(args)
+    ndarray = xp.ndarray
+    for i, a in enumerate(args):
+        if isinstance(a, ndarray):
+            if a.dtype not in _ARRAY_DTYPES:
+                raise TypeError(f"{kernel}: argument {i}: arrays of dtype {a.dtype} are not taken by "
+                                "any kernel (expected float32, float64, int32 or int64)")
+            if not a.flags.c_contiguous:
+                raise KernelArgumentError(
+                    f"{kernel}: argument {i}: expected a C-contiguous array, got one of shape "
+                    f"{a.shape} with strides {a.strides}; kernels index flat memory and would "
+                    "misread a view")
+            if device_index is not None and a.device.id != device_index:
+                raise KernelArgumentError(f"{kernel}: argument {i}: array is on cuda:{a.device.id}, "
+                                          f"the kernel runs on cuda:{device_index}")
+        elif type(a) in _SCALAR_TYPES:
+            pass
+        elif isinstance(a, numpy.ndarray) or hasattr(a, "__cuda_array_interface__"):
+            raise TypeError(f"{kernel}: argument {i}: a {type(a).__module__}.{type(a).__name__} "
+                            f"was passed to a kernel that takes {xp.__name__} arrays")
+        else:
+            raise TypeError(
+                f"{kernel}: argument {i}: expected an array or a numpy.int32/int64/float32/float64 "
+                f"scalar, got {type(a).__name__} {a!r} (a Python number has no fixed C type)")
+    return grid, block, args
+
+
 def launch(xp, get_module, filename, kernel, grid, block, args, shared_mem=0,
            device_index=None):
     """Validate ``args`` and launch ``kernel`` from ``filename``.
@@ -86,35 +123,8 @@ def launch(xp, get_module, filename, kernel, grid, block, args, shared_mem=0,
     / ``numpy.float32`` / ``numpy.float64``.  Anything else raises
     :class:`KernelArgumentError` (or ``TypeError``) and nothing is launched.
     """
-    grid = _check_dims(grid, f"{kernel}: grid", (_MAX_GRID_X, _MAX_GRID_YZ, _MAX_GRID_YZ))
-    block = _check_dims(block, f"{kernel}: block", (1024, 1024, 64))
-    if numpy.prod(block) > 1024:
-        raise KernelArgumentError(f"{kernel}: block {block} has more than 1024 threads")
-    args = tuple(args)
-    for i, a in enumerate(args):
-        where = f"{kernel}: argument {i}"
-        if isinstance(a, xp.ndarray):
-            if a.dtype not in _ARRAY_DTYPES:
-                raise TypeError(f"{where}: arrays of dtype {a.dtype} are not taken by any kernel "
-                                "(expected float32, float64, int32 or int64)")
-            if not a.flags.c_contiguous:
-                raise KernelArgumentError(
-                    f"{where}: expected a C-contiguous array, got one of shape {a.shape} with "
-                    f"strides {a.strides}; kernels index flat memory and would misread a view")
-            if device_index is not None and a.device.id != device_index:
-                raise KernelArgumentError(
-                    f"{where}: array is on cuda:{a.device.id}, the kernel runs on cuda:{device_index}")
-        elif isinstance(a, _SCALAR_TYPES):
-            pass
-        elif isinstance(a, numpy.ndarray) or hasattr(a, "__cuda_array_interface__"):
-            raise TypeError(f"{where}: a {type(a).__module__}.{type(a).__name__} was passed to a "
-                            f"kernel that takes {xp.__name__} arrays")
-        else:
-            raise TypeError(
-                f"{where}: expected an array or a numpy.int32/int64/float32/float64 scalar, "
-                f"got {type(a).__name__} {a!r} (a Python number has no fixed C type)")
-    fn = get_module(filename).get_function(kernel)
-    fn(grid, block, args, shared_mem=shared_mem)
+    grid, block, args = _check_launch(xp, kernel, grid, block, args, device_index)
+    get_module(filename).get_function(kernel)(grid, block, args, shared_mem=shared_mem)
 
 
 # --------------------------------------------------------------------------
@@ -168,6 +178,8 @@ class _Backend:
         self._special = special
         self._device_index = device_index
         self._is_cupy = device_index is not None and hasattr(xp, "cuda")
+        self._functions = {}      # kernel name -> compiled function (names are unique across files)
+        self._placeholders = {}   # dtype -> a 1-element array passed for absent arguments
 
     # ---- plumbing -------------------------------------------------------
 
@@ -231,9 +243,14 @@ class _Backend:
         if a.dtype != b.dtype:
             raise TypeError(f"{an} is {a.dtype} but {bn} is {b.dtype}; they must have the same dtype")
 
-    def _launch(self, filename, kernel, grid, block, args):
-        launch(self.xp, self._get_module, filename, kernel, grid, block, args,
-               device_index=self._device_index if self._is_cupy else None)
+    def _launch(self, filename, kernel, grid, block, args, shared_mem=0):
+        """:func:`launch`, with the compiled function looked up once per kernel."""
+        grid, block, args = _check_launch(self.xp, kernel, grid, block, args,
+                                          self._device_index if self._is_cupy else None)
+        fn = self._functions.get(kernel)
+        if fn is None:
+            fn = self._functions[kernel] = self._get_module(filename).get_function(kernel)
+        fn(grid, block, args, shared_mem=shared_mem)
 
     def _launch1d(self, filename, kernel, n, args):
         if n > 0:
@@ -551,6 +568,166 @@ class _Backend:
             self._launch1d("lstm.cu", f"{op}_{_SUFFIX[saved.dtype]}", N * H,
                            (gh, gc, saved, c_prev, ggates, gc_prev, numpy.int32(N), numpy.int32(H)))
             return ggates, gc_prev
+
+    # ---- batch normalisation ------------------------------------------------
+
+    def _bn_shape(self, op, a, what):
+        if a.ndim < 2:
+            raise ValueError(f"{op} {what}: expected shape (N, C, ...), got {tuple(a.shape)}")
+        N, C = a.shape[:2]
+        L = 1
+        for d in a.shape[2:]:
+            L *= d
+        for v, name in ((N, "batch"), (C, "channels"), (L, "values per channel and sample"),
+                        (N * L, "values per channel")):
+            _i32(v, f"{op} {name}")
+        return N, C, L
+
+    def _bn_vector(self, op, what, a, C, dtype):
+        """A (C,) parameter or statistic in ``dtype``, C-contiguous (a copy only when needed)."""
+        if a is None:
+            return self._none(dtype)
+        a = self._array(a, f"{op} {what}", 1)
+        if tuple(a.shape) != (C,):
+            raise ValueError(f"{op} {what}: expected shape ({C},), got {tuple(a.shape)}")
+        return a if a.dtype == dtype else a.astype(dtype)
+
+    def _none(self, dtype):
+        """A placeholder for an absent (never read) array argument."""
+        a = self._placeholders.get(dtype)
+        if a is None:
+            a = self._placeholders[dtype] = self.xp.zeros(1, dtype=dtype)
+        return a
+
+    def _per_channel(self, C):
+        return (min(max(C, 1), _MAX_GRID_X),), (BLOCK,)
+
+    def batch_norm_forward(self, x, weight, bias, running_mean, running_var, eps, momentum,
+                           use_batch_stats):
+        op = "batch_norm_forward"
+        with self._scope():
+            x = self._array(x, f"{op} x")
+            N, C, L = self._bn_shape(op, x, "x")
+            dt, xp, sfx = x.dtype, self.xp, _SUFFIX[x.dtype]
+            w = self._bn_vector(op, "weight", weight, C, dt)
+            b = self._bn_vector(op, "bias", bias, C, dt)
+            running = running_mean is not None
+            if running != (running_var is not None):
+                raise ValueError(f"{op}: running_mean and running_var must be given together")
+            if not running and not use_batch_stats:
+                raise ValueError(f"{op}: without batch statistics the running statistics are needed")
+            rm = self._bn_vector(op, "running_mean", running_mean, C, dt)
+            rv = self._bn_vector(op, "running_var", running_var, C, dt)
+            if use_batch_stats:
+                if N * L < 1:
+                    raise ValueError(f"{op} x: batch statistics need at least one value per channel, "
+                                     f"got shape {tuple(x.shape)}")
+                mean, invstd = xp.empty(C, dtype=dt), xp.empty(C, dtype=dt)
+                grid, block = self._per_channel(C)
+                self._launch("batchnorm.cu", f"batch_norm_stats_{sfx}", grid, block,
+                             (x, mean, invstd, rm, rv, numpy.int32(N), numpy.int32(C), numpy.int32(L),
+                              dt.type(eps), dt.type(momentum), numpy.int32(running)))
+                for given, used in ((running_mean, rm), (running_var, rv)):
+                    if running and used is not given:      # another dtype or layout: write back
+                        given[...] = used
+            else:
+                mean, invstd = rm, 1 / xp.sqrt(rv + dt.type(eps))
+            y, xhat = xp.empty_like(x), xp.empty_like(x)
+            self._launch1d("batchnorm.cu", f"batch_norm_apply_{sfx}", x.size,
+                           (x, mean, invstd, w, b, y, xhat, numpy.int32(N), numpy.int32(C),
+                            numpy.int32(L), numpy.int32(weight is not None), numpy.int32(bias is not None)))
+            return y, xhat, invstd
+
+    def batch_norm_backward(self, g, xhat, invstd, weight, use_batch_stats, need=(True, True, True)):
+        op = "batch_norm_backward"
+        need_x, need_w, need_b = (bool(v) for v in need)
+        with self._scope():
+            g = self._array(g, f"{op} g")
+            xhat = self._array(xhat, f"{op} xhat")
+            self._same_dtype(g, xhat, f"{op} g", f"{op} xhat")
+            if xhat.shape != g.shape:
+                raise ValueError(f"{op} xhat: expected the shape of g {tuple(g.shape)}, "
+                                 f"got {tuple(xhat.shape)}")
+            N, C, L = self._bn_shape(op, g, "g")
+            dt, xp, sfx = g.dtype, self.xp, _SUFFIX[g.dtype]
+            invstd = self._bn_vector(op, "invstd", invstd, C, dt)
+            w = self._bn_vector(op, "weight", weight, C, dt)
+            dims = (numpy.int32(N), numpy.int32(C), numpy.int32(L))
+            sg = sgx = gx = None
+            if need_w or need_b or (need_x and use_batch_stats):
+                sg, sgx = xp.empty(C, dtype=dt), xp.empty(C, dtype=dt)
+                grid, block = self._per_channel(C)
+                self._launch("batchnorm.cu", f"batch_norm_grad_reduce_{sfx}", grid, block,
+                             (g, xhat, sg, sgx) + dims)
+            if need_x:
+                gx = xp.empty_like(g)
+                stats = (sg, sgx) if sg is not None else (self._none(dt), self._none(dt))
+                self._launch1d("batchnorm.cu", f"batch_norm_grad_input_{sfx}", g.size,
+                               (g, xhat, invstd, w) + stats + (gx,) + dims
+                               + (numpy.int32(weight is not None), numpy.int32(bool(use_batch_stats))))
+            return gx, (sgx if need_w else None), (sg if need_b else None)
+
+
+    # ---- optimizer updates ---------------------------------------------------
+
+    def _state_arrays(self, op, p, named):
+        """Check the in-place operands: like p (shape, dtype), this backend's arrays.
+
+        Returns (contiguous versions, write_back pairs): an operand that is a
+        strided view is updated through a contiguous copy written back after.
+        """
+        out, back = [], []
+        for what, a in named:
+            if a is None:
+                out.append(None)
+                continue
+            c = self._array(a, f"{op} {what}")
+            if c.shape != p.shape:
+                raise ValueError(f"{op} {what}: expected the parameter's shape {tuple(p.shape)}, "
+                                 f"got {tuple(c.shape)}")
+            self._same_dtype(p, c, f"{op} p", f"{op} {what}")
+            if c is not a:
+                back.append((a, c))
+            out.append(c)
+        return out, back
+
+    def _update(self, op, p, g, state, scalars):
+        """Launch ``op`` on p, g and the state arrays; write back any strided operand."""
+        with self._scope():
+            if not self.is_array(p):
+                raise TypeError(f"{op} p: expected a {self.name} array, got {type(p).__name__}")
+            g = self._array(g, f"{op} g")
+            (pc, *st), back = self._state_arrays(op, p, [("p", p)] + state)
+            if g.shape != pc.shape:
+                raise ValueError(f"{op} g: expected the parameter's shape {tuple(pc.shape)}, "
+                                 f"got {tuple(g.shape)}")
+            self._same_dtype(pc, g, f"{op} p", f"{op} g")
+            none = self._none(pc.dtype)
+            st = tuple(none if a is None else a for a in st)
+            self._launch1d("optim.cu", f"{op}_{_SUFFIX[pc.dtype]}", pc.size,
+                           (pc, g) + st + (numpy.int64(pc.size),) + scalars(pc.dtype.type))
+            for given, used in back:
+                given[...] = used
+
+    def sgd_update(self, p, g, buf, lr, momentum, dampening, weight_decay, nesterov, maximize,
+                   first, scratch=None):
+        if momentum and buf is None:
+            raise ValueError("sgd_update: momentum needs its buffer")
+        self._update("sgd_update", p, g, [("buf", buf if momentum else None)],
+                     lambda c: (c(lr), c(momentum), c(dampening), c(weight_decay),
+                                numpy.int32(bool(nesterov)), numpy.int32(bool(maximize)),
+                                numpy.int32(bool(first))))
+
+    def adam_update(self, p, g, m, v, v_max, lr, beta1, beta2, eps, weight_decay, decoupled,
+                    maximize, step, scratch=None):
+        if step < 1:
+            raise ValueError(f"adam_update: step counts from 1, got {step}")
+        wd = 0.0 if decoupled else weight_decay
+        decay = 1.0 - lr * weight_decay if decoupled else 1.0
+        self._update("adam_update", p, g, [("m", m), ("v", v), ("v_max", v_max)],
+                     lambda c: (c(beta1), c(beta2), c(eps), c(wd), c(decay),
+                                c(lr / (1 - beta1 ** step)), c(math.sqrt(1 - beta2 ** step)),
+                                numpy.int32(bool(maximize)), numpy.int32(v_max is not None)))
 
 
 def make_backend(xp, get_module, special, name, *, device_index=None):

@@ -1,8 +1,6 @@
 """Adam and AdamW (Adam with decoupled weight decay)."""
 from __future__ import annotations
 
-import math
-
 from .optimizer import Optimizer, check_number
 
 
@@ -36,24 +34,13 @@ class Adam(Optimizer):
         check_number("weight_decay value", group["weight_decay"])
 
     def _update(self, p, g, state, group):
-        xp, c, w = p.device.backend.xp, p.dtype.type, p.data
-        lr, (beta1, beta2), weight_decay = group["lr"], group["betas"], group["weight_decay"]
-        decoupled = group["decoupled_weight_decay"]
-        s, t = self._scratch(p)
+        (beta1, beta2) = group["betas"]
         m, v = self._buffer(state, "exp_avg", p), self._buffer(state, "exp_avg_sq", p)
+        v_max = self._buffer(state, "max_exp_avg_sq", p) if group["amsgrad"] else None
         step = state["step"] = state.get("step", 0) + 1
-        g = self._effective_grad(p, g, s, 0.0 if decoupled else weight_decay, group["maximize"])
-        if decoupled and weight_decay:
-            w *= c(1 - lr * weight_decay)
-        self._ema(xp, m, g, beta1, t)
-        self._ema(xp, v, xp.multiply(g, g, out=t), beta2, t)
-        if group["amsgrad"]:
-            v_max = self._buffer(state, "max_exp_avg_sq", p)
-            v = xp.maximum(v_max, v, out=v_max)
-        denom = xp.sqrt(v, out=t)
-        denom /= c(math.sqrt(1 - beta2 ** step))
-        denom += c(group["eps"])
-        w -= xp.multiply(xp.divide(m, denom, out=t), c(lr / (1 - beta1 ** step)), out=t)
+        p.device.backend.adam_update(p.data, g, m, v, v_max, group["lr"], beta1, beta2, group["eps"],
+                                     group["weight_decay"], group["decoupled_weight_decay"],
+                                     group["maximize"], step, scratch=self._cpu_scratch(p))
 
 
 class AdamW(Adam):

@@ -156,6 +156,10 @@ class Optimizer:
             buf = self._scratch_buffers[key] = p.device.backend.xp.empty(n * size, dtype=p.dtype)
         return [buf[i * size:(i + 1) * size].reshape(p.data.shape) for i in range(n)]
 
+    def _cpu_scratch(self, p):
+        """Two temporaries for a fused update on the CPU (the GPU kernels need none)."""
+        return self._scratch(p) if p.device.type == "cpu" else None
+
     @staticmethod
     def _buffer(state, name, p):
         """The state array ``name`` of ``p``, made (zeros) on first use."""

@@ -30,22 +30,15 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
     def _update(self, p, g, state, group):
-        xp, c = p.device.backend.xp, p.dtype.type
-        s, t = self._scratch(p)
-        g = self._effective_grad(p, g, s, group["weight_decay"], group["maximize"])
-        momentum = group["momentum"]
+        momentum, first = group["momentum"], False
+        buf = None
         if momentum:
             buf = state.get("momentum_buffer")
             if buf is None:
-                buf = g.copy()
-                state["momentum_buffer"] = Tensor._make(buf, p.device)
-            else:
-                buf = buf.data
-                buf *= c(momentum)
-                dampening = group["dampening"]
-                buf += xp.multiply(g, c(1 - dampening), out=t) if dampening else g
-            if group["nesterov"]:
-                g = xp.add(g, xp.multiply(buf, c(momentum), out=t), out=t)
-            else:
-                g = buf
-        p.data -= xp.multiply(g, c(group["lr"]), out=t)
+                buf = state["momentum_buffer"] = Tensor._make(p.device.backend.xp.empty_like(p.data),
+                                                              p.device)
+                first = True
+            buf = buf.data
+        p.device.backend.sgd_update(p.data, g, buf, group["lr"], momentum, group["dampening"],
+                                    group["weight_decay"], group["nesterov"], group["maximize"],
+                                    first, scratch=self._cpu_scratch(p))

@@ -1,0 +1,84 @@
+// optim.cu -- one fused, in-place update per parameter for SGD and Adam / AdamW
+// (one thread per element; the host computes the per-step scalars).
+//
+// SGD, with d = (maximize ? -g : g) + weight_decay * p:
+//   buf = first ? d : momentum * buf + (1 - dampening) * d        (momentum != 0)
+//   d   = nesterov ? d + momentum * buf : buf                       (momentum != 0)
+//   p  -= lr * d
+// buf is read and written only when momentum != 0.
+//
+// Adam, with d = (maximize ? -g : g) (+ weight_decay * p unless decoupled):
+//   p  *= decay                              (AdamW: decay = 1 - lr * weight_decay)
+//   m   = beta1 * m + (1 - beta1) * d
+//   v   = beta2 * v + (1 - beta2) * d * d
+//   v_max = max(v_max, v), used for v        (amsgrad; v_max is touched only then)
+//   p  -= step_size * m / (sqrt(v) / bc2_sqrt + eps)
+// where step_size = lr / (1 - beta1^t) and bc2_sqrt = sqrt(1 - beta2^t).
+#include "common.cuh"
+
+template <typename T>
+__device__ void sgd_impl(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ buf,
+                         gd_index n, T lr, T momentum, T dampening, T weight_decay,
+                         int nesterov, int maximize, int first) {
+    GD_KERNEL_LOOP(i, n) {
+        T d = maximize ? -g[i] : g[i];
+        if (weight_decay != T(0)) d += weight_decay * p[i];
+        if (momentum != T(0)) {
+            const T b = first ? d : momentum * buf[i] + (T(1) - dampening) * d;
+            buf[i] = b;
+            d = nesterov ? d + momentum * b : b;
+        }
+        p[i] -= lr * d;
+    }
+}
+
+template <typename T>
+__device__ void adam_impl(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m,
+                          T* __restrict__ v, T* __restrict__ v_max, gd_index n, T beta1, T beta2,
+                          T eps, T weight_decay, T decay, T step_size, T bc2_sqrt, int maximize,
+                          int amsgrad) {
+    GD_KERNEL_LOOP(i, n) {
+        T d = maximize ? -g[i] : g[i];
+        T w = p[i];
+        if (weight_decay != T(0)) d += weight_decay * w;
+        w *= decay;
+        const T mi = beta1 * m[i] + (T(1) - beta1) * d;
+        T vi = beta2 * v[i] + (T(1) - beta2) * d * d;
+        m[i] = mi;
+        v[i] = vi;
+        if (amsgrad) {
+            vi = gd_max(v_max[i], vi);
+            v_max[i] = vi;
+        }
+        p[i] = w - step_size * (mi / (gd_sqrt(vi) / bc2_sqrt + eps));
+    }
+}
+
+extern "C" __global__ void sgd_update_f32(float* p, const float* g, float* buf, long long n,
+                                          float lr, float momentum, float dampening,
+                                          float weight_decay, int nesterov, int maximize,
+                                          int first) {
+    sgd_impl<float>(p, g, buf, n, lr, momentum, dampening, weight_decay, nesterov, maximize, first);
+}
+extern "C" __global__ void sgd_update_f64(double* p, const double* g, double* buf, long long n,
+                                          double lr, double momentum, double dampening,
+                                          double weight_decay, int nesterov, int maximize,
+                                          int first) {
+    sgd_impl<double>(p, g, buf, n, lr, momentum, dampening, weight_decay, nesterov, maximize, first);
+}
+extern "C" __global__ void adam_update_f32(float* p, const float* g, float* m, float* v,
+                                           float* v_max, long long n, float beta1, float beta2,
+                                           float eps, float weight_decay, float decay,
+                                           float step_size, float bc2_sqrt, int maximize,
+                                           int amsgrad) {
+    adam_impl<float>(p, g, m, v, v_max, n, beta1, beta2, eps, weight_decay, decay, step_size,
+                     bc2_sqrt, maximize, amsgrad);
+}
+extern "C" __global__ void adam_update_f64(double* p, const double* g, double* m, double* v,
+                                           double* v_max, long long n, double beta1, double beta2,
+                                           double eps, double weight_decay, double decay,
+                                           double step_size, double bc2_sqrt, int maximize,
+                                           int amsgrad) {
+    adam_impl<double>(p, g, m, v, v_max, n, beta1, beta2, eps, weight_decay, decay, step_size,
+                      bc2_sqrt, maximize, amsgrad);
+}

@@ -1,0 +1,99 @@
+"""The fused optimizer updates at the backend level: the kernels of ``kernels/optim.cu`` (on the
+emulator and on a real GPU) against the CPU twin, for every option, and the wrappers' checks.
+Whole trajectories against PyTorch are in test_optim.py, on every device.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from gpudl.backend import numpy_backend as cpu
+
+TOL = {np.float32: dict(rtol=2e-6, atol=4e-6), np.float64: dict(rtol=1e-13, atol=1e-15)}
+SHAPES = [(1,), (7, 3), (300, 5)]          # under one block, several blocks
+
+
+def arrays(shape, dtype, k, seed=0):
+    rng = np.random.default_rng(seed)
+    out = [rng.standard_normal(shape).astype(dtype) for _ in range(k)]
+    if k == 5:                           # p, g, m, v, v_max: the second moments are >= 0
+        out[3:] = [np.abs(a) for a in out[3:]]
+    return out
+
+
+def sgd(be, host, first, **opts):
+    p, g, buf = (be.asarray(a.copy()) for a in host)
+    be.sgd_update(p, g, buf, 0.1, first=first, **opts)
+    return [be.to_numpy(a) for a in (p, buf)]
+
+
+def adam(be, host, amsgrad, step, **opts):
+    p, g, m, v, vmax = (be.asarray(a.copy()) for a in host)
+    be.adam_update(p, g, m, v, vmax if amsgrad else None, 0.01, 0.9, 0.999, 1e-8, step=step, **opts)
+    return [be.to_numpy(a) for a in (p, m, v, vmax)]
+
+
+def same(got, want, dtype):
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, **TOL[dtype])
+
+
+SGD_OPTIONS = [dict(momentum=mo, dampening=da, weight_decay=wd, nesterov=ne, maximize=mx)
+               for mo, da, wd, ne, mx in itertools.product((0.0, 0.9), (0.0, 0.3), (0.0, 1e-2),
+                                                           (False, True), (False, True))
+               if not (ne and (mo == 0 or da != 0))]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_sgd_kernel_matches_the_cpu_twin(emu, shape, dtype):
+    host = arrays(shape, dtype, 3)
+    for opts, first in itertools.product(SGD_OPTIONS, (True, False)):
+        same(sgd(emu, host, first, **opts), sgd(cpu, host, first, **opts), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_adam_kernel_matches_the_cpu_twin(emu, shape, dtype):
+    host = arrays(shape, dtype, 5)
+    for amsgrad, step, wd, decoupled, maximize in itertools.product(
+            (False, True), (1, 7), (0.0, 0.05), (False, True), (False, True)):
+        opts = dict(weight_decay=wd, decoupled=decoupled, maximize=maximize)
+        same(adam(emu, host, amsgrad, step, **opts), adam(cpu, host, amsgrad, step, **opts), dtype)
+
+
+def test_device_updates_match_the_cpu(device):
+    """Every device's backend (CPU, emulated, a real GPU) against the CPU twin, float32."""
+    be = device.backend
+    host = arrays((64, 33), np.float32, 5, seed=3)
+    same(adam(be, host, True, 3, weight_decay=0.01, decoupled=True, maximize=False),
+         adam(cpu, host, True, 3, weight_decay=0.01, decoupled=True, maximize=False), np.float32)
+    opts = dict(momentum=0.9, dampening=0.0, weight_decay=1e-4, nesterov=True, maximize=False)
+    same(sgd(be, host[:3], False, **opts), sgd(cpu, host[:3], False, **opts), np.float32)
+
+
+def test_a_strided_parameter_is_updated_in_place(emu):
+    p_host, g_host = arrays((6, 4), np.float64, 2)
+    want = p_host.T.copy()
+    cpu.sgd_update(want, g_host.T.copy(), None, 0.5, 0.0, 0.0, 0.0, False, False, False)
+    p = emu.asarray(p_host).T                      # a view with strides
+    emu.sgd_update(p, emu.asarray(g_host).T, None, 0.5, 0.0, 0.0, 0.0, False, False, False)
+    np.testing.assert_allclose(p, want, rtol=1e-15)
+
+
+def test_wrappers_refuse_bad_input(emu):
+    xp = emu.xp
+    p = xp.ones((3, 2), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"sgd_update g: expected the parameter's shape \(3, 2\), got \(2, 3\)"):
+        emu.sgd_update(p, xp.ones((2, 3), dtype=np.float32), None, 0.1, 0.0, 0.0, 0.0, False, False, False)
+    with pytest.raises(TypeError, match="sgd_update p is float32 but sgd_update g is float64"):
+        emu.sgd_update(p, xp.ones((3, 2)), None, 0.1, 0.0, 0.0, 0.0, False, False, False)
+    with pytest.raises(ValueError, match="momentum needs its buffer"):
+        emu.sgd_update(p, p.copy(), None, 0.1, 0.9, 0.0, 0.0, False, False, True)
+    with pytest.raises(ValueError, match=r"adam_update v: expected the parameter's shape \(3, 2\), got \(6,\)"):
+        emu.adam_update(p, p.copy(), p.copy(), xp.ones(6, dtype=np.float32), None, 0.1, 0.9, 0.99,
+                        1e-8, 0.0, False, False, 1)
+    with pytest.raises(ValueError, match="step counts from 1, got 0"):
+        emu.adam_update(p, p.copy(), p.copy(), p.copy(), None, 0.1, 0.9, 0.99, 1e-8, 0.0, False, False, 0)
