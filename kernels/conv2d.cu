@@ -1,16 +1,18 @@
 // conv2d.cu -- im2col / col2im for 2-D convolution (any stride, padding,
-// dilation; groups are handled by the host's batched matmul, because the
-// column layout below is the same with or without groups).
+// dilation; groups are handled by the host's matmuls, because the column
+// layout below is the same with or without groups).
 //
 // Column layout, for a chunk of `nb` images starting at image `n0`:
-//     cols[n][c * kH * kW + kh * kW + kw][oh * Wo + ow]      (nb, C*kH*kW, Ho*Wo)
+//     cols[c * kH * kW + kh * kW + kw][n][oh * Wo + ow]      (C*kH*kW, nb * Ho*Wo)
 // holds x[n0 + n][c][oh*sh - ph + kh*dh][ow*sw - pw + kw*dw] (0 outside x).
-// With groups g, rows [gi*Cg*kH*kW, (gi+1)*Cg*kH*kW) are group gi's, so
-// cols.reshape(nb, g, Cg*kH*kW, Ho*Wo) is what each group's matmul takes.
+// Every image's columns sit side by side, so one plain 2-D product per group
+// covers the whole chunk (batched products over images cost the host several
+// times more per call).  With groups g, rows [gi*Cg*kH*kW, (gi+1)*Cg*kH*kW)
+// are group gi's: cols.reshape(g, Cg*kH*kW, nb * Ho*Wo).
 //
-// conv2d_forward   = W_g @ im2col(x)
-// weight gradient  = gy_g @ im2col(x)^T        (summed over the batch)
-// data gradient    = col2im(W_g^T @ gy_g)      (col2im below is a gather:
+// conv2d_forward   = W_g @ im2col(x)            -> (O, nb, Ho*Wo), then to NCHW
+// weight gradient  = gy_g @ im2col(x)^T         (summed over the chunk by the product)
+// data gradient    = col2im(W_g^T @ gy_g)       (col2im below is a gather:
 //                    every input pixel sums its own contributions, no atomics)
 #include "common.cuh"
 
@@ -25,10 +27,10 @@ __device__ void im2col_impl(const T* __restrict__ x, T* __restrict__ cols,
         gd_index r = i;
         const int ow = (int)(r % Wo); r /= Wo;
         const int oh = (int)(r % Ho); r /= Ho;
+        const gd_index n = r % nb;  r /= nb;   // image within the chunk
         const int kw = (int)(r % kW); r /= kW;
         const int kh = (int)(r % kH); r /= kH;
-        const int c = (int)(r % C);   r /= C;
-        const gd_index n = r;  // image within the chunk
+        const int c = (int)r;
         const int h = oh * sh - ph + kh * dh;
         const int w = ow * sw - pw + kw * dw;
         T v = T(0);
@@ -49,8 +51,9 @@ __device__ void col2im_impl(const T* __restrict__ cols, T* __restrict__ gx,
         gd_index r = i;
         const int w = (int)(r % W); r /= W;
         const int h = (int)(r % H); r /= H;
-        const gd_index nc = r;  // n * C + c within the chunk
-        const T* col = cols + nc * kH * kW * L;
+        const gd_index n = r / C;  // image within the chunk
+        const int c = (int)(r - n * C);
+        const T* col = cols + (gd_index)c * kH * kW * nb * L + n * L;
         T acc = T(0);
         for (int kh = 0; kh < kH; ++kh) {
             const int hh = h + ph - kh * dh;     // = oh * sh
@@ -64,7 +67,7 @@ __device__ void col2im_impl(const T* __restrict__ cols, T* __restrict__ gx,
                 if (ww % sw != 0) continue;
                 const int ow = ww / sw;
                 if (ow >= Wo) continue;
-                acc += col[((gd_index)kh * kW + kw) * L + (gd_index)oh * Wo + ow];
+                acc += col[((gd_index)kh * kW + kw) * nb * L + (gd_index)oh * Wo + ow];
             }
         }
         gx[((gd_index)n0 * C) * H * W + i] = acc;

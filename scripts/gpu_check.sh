@@ -4,7 +4,7 @@
 # pytest (no network needed). Run from the source tree; results land in $OUT (default
 # gpu-report/) as six files: summary.txt, pytest.txt, sanitizer.txt, mnist.json,
 # bench.json, bench.log. Every step has its own time limit (seconds, overridable:
-# T_PYTEST, T_SANITIZER, T_MNIST, T_BENCH) so one hang cannot eat the whole run.
+# T_PYTEST, T_SANITIZER, T_MNIST, T_TRAIN, T_BENCH) so one hang cannot eat the whole run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-report}
@@ -46,6 +46,14 @@ step "LeNet-5 on MNIST, 2 epochs on the GPU, gpudl and PyTorch (data from \$GPUD
 GPUDL_DATA=${GPUDL_DATA:-$PWD/.gpu-data} timeout "${T_MNIST:-150}" \
     $PY scripts/gpu_mnist.py --epochs 2 --json "$OUT/mnist.json" 2>&1 | tee -a "$S" \
     || fail "MNIST run (exit ${PIPESTATUS[0]})"
+
+step "the demo on the GPU: gpudl train --model lenet5 --data mnist (the make demo recipe), and the LSTM on seqmnist"
+for model in lenet5 lstm; do
+  epochs=4; [ "$model" = lstm ] && epochs=2
+  GPUDL_DATA=${GPUDL_DATA:-$PWD/.gpu-data} timeout "${T_TRAIN:-90}" $PY -m gpudl train --model "$model" \
+      --data "$([ "$model" = lstm ] && echo seqmnist || echo mnist)" --epochs "$epochs" --device cuda \
+      --out "/tmp/gpudl-gpu-$model" --no-progress 2>&1 | tail -6 | tee -a "$S" || fail "gpudl train $model (exit ${PIPESTATUS[0]})"
+done
 
 step "benchmark: python -m gpudl.bench all --device cuda --json"
 timeout "${T_BENCH:-150}" $PY -m gpudl.bench all --device cuda --repeat 9 --json \

@@ -26,11 +26,11 @@ output themselves and compute the grid explicitly: 1-D grids of
 ``ceil(n / 256)`` blocks of 256 threads (kernels use grid-stride loops, so
 the grid may be capped), and one block per row for the softmax loss.
 
-Convolution is im2col (``conv2d_im2col_*``, one thread per column element)
-plus a batched ``xp.matmul`` per group for the forward pass and the weight
-gradient; the data gradient is ``W^T @ gy`` followed by a gather col2im
-(``conv2d_col2im_*``, one thread per input pixel).  1x1 stride-1 unpadded
-convolutions skip im2col.  The batch is processed in chunks so the column
+Convolution is im2col (``conv2d_im2col_*``, one thread per column element,
+the columns of a chunk's images side by side) plus one 2-D product per group
+for the forward pass and the weight gradient; the data gradient is
+``W^T @ gy`` followed by a gather col2im (``conv2d_col2im_*``, one thread
+per input pixel).  1x1 stride-1 unpadded convolutions skip im2col.  The batch is processed in chunks so the column
 buffer stays under ``_COLS_BUDGET_BYTES``.  Every kernel is deterministic
 (no atomics).
 """
@@ -301,15 +301,23 @@ class _Backend:
             geo["ph"], geo["pw"], geo["dh"], geo["dw"], geo["Ho"], geo["Wo"]))
 
     def _cols(self, x, geo, n0, nb):
-        """Columns of images [n0, n0+nb) as (nb, groups, Cg*kH*kW, Ho*Wo)."""
-        g, Cg, L = geo["g"], geo["Cg"], geo["Ho"] * geo["Wo"]
-        if geo["pointwise"]:
-            return x[n0:n0 + nb].reshape(nb, g, Cg, L)
+        """Columns of images [n0, n0+nb) as (groups, Cg*kH*kW, nb*Ho*Wo) (see conv2d.cu)."""
+        g, L = geo["g"], geo["Ho"] * geo["Wo"]
         K = geo["C"] * geo["kH"] * geo["kW"]
-        cols = self.xp.empty((nb, K, L), dtype=x.dtype)
-        self._launch1d("conv2d.cu", f"conv2d_im2col_{_SUFFIX[x.dtype]}", nb * K * L,
-                       (x, cols) + self._conv_scalars(geo, n0, nb))
-        return cols.reshape(nb, g, K // g, L)
+        if geo["pointwise"]:      # the columns are the images themselves, channel-major
+            cols = self.xp.ascontiguousarray(x[n0:n0 + nb].reshape(nb, K, L).transpose(1, 0, 2))
+        else:
+            cols = self.xp.empty((K, nb, L), dtype=x.dtype)
+            self._launch1d("conv2d.cu", f"conv2d_im2col_{_SUFFIX[x.dtype]}", K * nb * L,
+                           (x, cols) + self._conv_scalars(geo, n0, nb))
+        return cols.reshape(g, K // g, nb * L)
+
+    @staticmethod
+    def _mm(a, b):
+        """(g, m, k) @ (g, k, n): one 2-D product when g == 1 (cheapest to call)."""
+        if a.shape[0] == 1:
+            return (a[0] @ b[0])[None]
+        return a @ b
 
     def conv2d_forward(self, x, w, b, stride, padding, dilation, groups):
         with self._scope():
@@ -322,13 +330,12 @@ class _Backend:
                 self._same_dtype(x, b, "conv2d x", "conv2d b")
                 if b.shape[0] != geo["O"]:
                     raise ValueError(f"conv2d b: expected shape ({geo['O']},), got {tuple(b.shape)}")
-            xp = self.xp
             N, O, g, Ho, Wo = geo["N"], geo["O"], geo["g"], geo["Ho"], geo["Wo"]
-            y = xp.empty((N, O, Ho, Wo), dtype=x.dtype)
+            y = self.xp.empty((N, O, Ho, Wo), dtype=x.dtype)
             wg = w.reshape(g, O // g, -1)
             for n0, nb in self._chunks(geo, x.dtype.itemsize):
-                cols = self._cols(x, geo, n0, nb)
-                y[n0:n0 + nb] = xp.matmul(wg, cols).reshape(nb, O, Ho, Wo)
+                yc = self._mm(wg, self._cols(x, geo, n0, nb))          # (g, Og, nb*L)
+                y[n0:n0 + nb] = yc.reshape(O, nb, Ho, Wo).transpose(1, 0, 2, 3)
             if b is not None:
                 y += b.reshape(1, O, 1, 1)
             return y
@@ -355,20 +362,15 @@ class _Backend:
             wg = w.reshape(g, Og, -1)
             if need_x or need_w:
                 for n0, nb in self._chunks(geo, x.dtype.itemsize):
-                    gyc = gy[n0:n0 + nb].reshape(nb, g, Og, L)
-                    if need_w:
-                        cols = self._cols(x, geo, n0, nb)            # (nb, g, Kg, L)
-                        Kg = cols.shape[2]
-                        # sum over the batch inside one matmul per group:
-                        # (g, Og, nb*L) @ (g, nb*L, Kg)
-                        gy_t = xp.ascontiguousarray(gyc.transpose(1, 2, 0, 3)).reshape(g, Og, nb * L)
-                        cols_t = xp.ascontiguousarray(cols.transpose(1, 0, 3, 2)).reshape(g, nb * L, Kg)
-                        gw += xp.matmul(gy_t, cols_t)
-                        del cols, cols_t, gy_t
+                    # the chunk's gradient channel-major, like the columns: (g, Og, nb*L)
+                    gyc = xp.ascontiguousarray(gy[n0:n0 + nb].reshape(nb, O, L).transpose(1, 0, 2))
+                    gyc = gyc.reshape(g, Og, nb * L)
+                    if need_w:     # the product sums over the chunk's images
+                        gw += self._mm(gyc, self._cols(x, geo, n0, nb).transpose(0, 2, 1))
                     if need_x:
-                        gcols = xp.matmul(wg.transpose(0, 2, 1), gyc)  # (nb, g, Kg, L)
+                        gcols = self._mm(wg.transpose(0, 2, 1), gyc)   # (g, Kg, nb*L)
                         if geo["pointwise"]:
-                            gx[n0:n0 + nb] = gcols.reshape(nb, C, H, W)
+                            gx[n0:n0 + nb] = gcols.reshape(C, nb, H, W).transpose(1, 0, 2, 3)
                         else:
                             gcols = xp.ascontiguousarray(gcols)
                             self._launch1d("conv2d.cu", f"conv2d_col2im_{_SUFFIX[x.dtype]}",
