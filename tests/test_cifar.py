@@ -329,6 +329,31 @@ def test_augmentation_in_the_loader(device, tmp_path):
     np.testing.assert_allclose(normed, (x[:2] / np.float32(255) - mean) / std, rtol=1e-5, atol=1e-5)
 
 
+def test_a_resumed_loader_augments_the_same_way(tmp_path):
+    """The loader's state carries the random transforms' generators (inside a Compose too)."""
+    x = np.random.default_rng(1).integers(0, 256, (12, 3, 32, 32), dtype=np.uint8)
+    data.write_cifar10(tmp_path, (x, np.arange(12) % 10), (x[:2], np.arange(2)))
+
+    def loader(seed):
+        train_tf, _ = data.cifar10_transforms(seed=seed)
+        return data.DataLoader(data.cifar10("train", root=tmp_path), batch_size=4, shuffle=True,
+                               seed=seed, transform=train_tf)
+    a = loader(0)
+    it = iter(a)
+    next(it)
+    gpudl.io.save({"loader": a.state_dict()}, tmp_path / "ckpt.npz")   # through a checkpoint file
+    state = gpudl.io.load(tmp_path / "ckpt.npz")["loader"]
+    rest = [xb.numpy() for xb, _ in it] + [xb.numpy() for xb, _ in a]   # rest of epoch 0, epoch 1
+    b = loader(5)                                                       # other seeds everywhere
+    b.load_state_dict(state)
+    again = [xb.numpy() for xb, _ in b] + [xb.numpy() for xb, _ in b]
+    assert len(again) == len(rest) == 5
+    for u, v in zip(again, rest):
+        np.testing.assert_array_equal(u, v)
+    with pytest.raises(ValueError, match=r"holds 2 random transform\(s\), this loader has 0"):
+        data.DataLoader(data.cifar10("train", root=tmp_path), batch_size=4, shuffle=True).load_state_dict(state)
+
+
 def test_augmentation_errors():
     with pytest.raises(ValueError, match=r"expected a batch of images of shape \(N, C, H, W\), got \(3, 32, 32\)"):
         RandomCrop(32, padding=4)(np.zeros((3, 32, 32), np.float32))

@@ -37,6 +37,19 @@ def _stack(items):
     return tuple(_stack_field(col, k) for k, col in enumerate(zip(*rows)))
 
 
+def _stateful(fn):
+    """The transforms with a state (their own generator) reachable from ``fn``, in order:
+    ``fn`` itself, or the members of a ``Compose`` (nested ones too)."""
+    if fn is None:
+        return []
+    inner = getattr(fn, "transforms", None)
+    if isinstance(inner, (list, tuple)):
+        return [t for member in inner for t in _stateful(member)]
+    if callable(getattr(fn, "state_dict", None)) and callable(getattr(fn, "load_state_dict", None)):
+        return [fn]
+    return []
+
+
 class DataLoader:
     """Iterate over ``dataset`` in batches; each batch is a tuple of Tensors on ``device``.
 
@@ -50,8 +63,10 @@ class DataLoader:
 
     A dataset with ``get_batch(indices)`` gives each batch by one indexing
     operation; any other dataset is read sample by sample and stacked.
-    ``state_dict()`` / ``load_state_dict()`` carry the order's generator and
-    the position within the epoch, so a resumed run sees the same batches.
+    ``state_dict()`` / ``load_state_dict()`` carry the order's generator, the
+    position within the epoch and the generators of random transforms (such
+    as :class:`gpudl.data.augment.RandomCrop`, also inside a ``Compose``), so
+    a resumed run sees the same batches, augmented the same way.
     """
 
     def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, seed=None,
@@ -123,7 +138,10 @@ class DataLoader:
         else:  # between epochs (or all batches of this one already handed out)
             gen = None if self._generator is None else self._generator.bit_generator.state
             pos, epoch = 0, self.epoch + (1 if self._in_epoch else 0)
-        return {"epoch": epoch, "batches_done": pos, "generator": copy.deepcopy(gen)}
+        transforms = [t.state_dict() for fn in (self.transform, self.target_transform)
+                      for t in _stateful(fn)]
+        return {"epoch": epoch, "batches_done": pos, "generator": copy.deepcopy(gen),
+                "transforms": transforms}
 
     def load_state_dict(self, state):
         """Continue from :meth:`state_dict`: the next iteration resumes that epoch's order."""
@@ -133,8 +151,15 @@ class DataLoader:
         if (state["generator"] is None) != (self._generator is None):
             raise ValueError("DataLoader.load_state_dict: the state is from a loader with shuffle="
                              f"{state['generator'] is not None}, this one has shuffle={self.shuffle}")
+        mine = [t for fn in (self.transform, self.target_transform) for t in _stateful(fn)]
+        saved = state.get("transforms")      # absent in states saved before transforms had one
+        if saved is not None and len(saved) != len(mine):
+            raise ValueError(f"DataLoader.load_state_dict: the state holds {len(saved)} random "
+                             f"transform(s), this loader has {len(mine)}")
         if self._generator is not None:
             self._generator.bit_generator.state = copy.deepcopy(state["generator"])
+        for t, st in zip(mine, saved or ()):
+            t.load_state_dict(st)
         self.epoch = int(state["epoch"])
         self._resume_at = int(state["batches_done"])
         self._in_epoch, self._position = False, 0
