@@ -92,15 +92,20 @@ def compare(cases, repeat, warmup=2, settle=0.12, inner=1):
 
 def print_table(results, file=sys.stdout):
     has_peer = any("torch_ms" in r for r in results)
-    head = f"{'op (forward + backward)':<28} {'shape':<20} {'gpudl ms':>9}"
+    has_bw = any("gbps" in r for r in results)
+    head = f"{'op (forward + backward)':<32} {'shape':<20} {'gpudl ms':>9}"
     if has_peer:
         head += f" {'torch ms':>9} {'gpudl/torch':>11}"
+    if has_bw:
+        head += f" {'GB/s (% of copy)':>17}"
     print(head, file=file)
     print("-" * len(head), file=file)
     for r in results:
-        line = f"{r['name']:<28} {r['shape']:<20} {r['gpudl_ms']:>9.2f}"
-        if "torch_ms" in r:
-            line += f" {r['torch_ms']:>9.2f} {r['ratio']:>11.2f}"
+        line = f"{r['name']:<32} {r['shape']:<20} {r['gpudl_ms']:>9.2f}"
+        if has_peer:
+            line += (f" {r['torch_ms']:>9.2f} {r['ratio']:>11.2f}" if "torch_ms" in r else " " * 21)
+        if "gbps" in r:
+            line += f" {r['gbps']:>9.0f} ({r['pct_of_copy']:3.0f}%)"
         print(line, file=file)
 
 
@@ -111,92 +116,156 @@ def _ops_args(p):
     p.add_argument("--threads", type=int, default=2,
                    help="torch.set_num_threads for the PyTorch peer (default 2)")
     p.add_argument("--no-torch", action="store_true", help="time gpudl only")
+    p.add_argument("--targets", action=argparse.BooleanOptionalAction, default=None,
+                   help="also the GPU targets' cases: ResNet-20 convolutions at batch 128, pooling on "
+                        "256 MiB, softmax cross-entropy on 8192x4096, with GB/s against a copy "
+                        "(default: on for a GPU, off for the CPU)")
+
+
+class _OpsKit:
+    """Builds compare() cases for kernel-level ops on one backend, with PyTorch's op as the peer."""
+
+    def __init__(self, backend, torch, device, seed=0):
+        import numpy as np
+        self.np, self.backend, self.torch = np, backend, torch
+        self.rng = np.random.default_rng(seed)
+        self.tdev = torch_device(device)   # (TF32 is turned off by _peer for an FP32 comparison)
+        self.F = torch.nn.functional if torch is not None else None
+
+    def _case(self, name, shape, ours, peer=None, nbytes=None):
+        case = {"name": name, "shape": shape, "ours": ours, "ours_sync": self.backend.synchronize}
+        if peer is not None and self.torch is not None:
+            sync = self.torch.cuda.synchronize if self.tdev == "cuda" else None
+            case.update(peer=peer, peer_sync=sync)
+        if nbytes is not None:
+            case["bytes"] = nbytes
+        return case
+
+    def _T(self, a, grad=False):
+        return self.torch.tensor(self.np.asarray(a), device=self.tdev, requires_grad=grad)
+
+    def randn(self, shape, scale=1.0):
+        return (self.rng.standard_normal(shape, dtype=self.np.float32) * scale).astype(self.np.float32)
+
+    def conv(self, x_shape, out_channels, k=3, stride=1, pad=1):
+        """conv2d forward + backward (all three gradients)."""
+        np, be = self.np, self.backend
+        N, C, H, W = x_shape
+        x, w = self.randn(x_shape), self.randn((out_channels, C, k, k), (2.0 / (C * k * k)) ** 0.5)
+        b = np.zeros(out_channels, np.float32)
+        Ho, Wo = (H + 2 * pad - k) // stride + 1, (W + 2 * pad - k) // stride + 1
+        gy = self.randn((N, out_channels, Ho, Wo))
+        cx, cw, cb, cgy = (be.asarray(a) for a in (x, w, b, gy))
+        s, p, one = (stride, stride), (pad, pad), (1, 1)
+
+        def ours():
+            be.conv2d_forward(cx, cw, cb, s, p, one, 1)
+            be.conv2d_backward(cx, cw, cgy, s, p, one, 1)
+        peer = None
+        if self.torch is not None:
+            tx, tw, tb, tgy = self._T(x, True), self._T(w, True), self._T(b, True), self._T(gy)
+
+            def peer():
+                y = self.F.conv2d(tx, tw, tb, stride, pad)
+                self.torch.autograd.grad(y, (tx, tw, tb), tgy)
+        name = f"conv2d {k}x{k} {C}->{out_channels} pad{pad}" + (f" stride{stride}" if stride > 1 else "")
+        return self._case(name, "x".join(map(str, x_shape)), ours, peer)
+
+    def pool(self, kind, x_shape):
+        """max or avg pool 2x2 forward + backward; bytes: the fewest a GPU must move."""
+        be = self.backend
+        x = self.randn(x_shape)
+        cx = be.asarray(x)
+        two, zero = (2, 2), (0, 0)
+        if kind == "max":
+            def ours():
+                y, arg = be.max_pool2d_forward(cx, two, two, zero)
+                be.max_pool2d_backward(y, arg, cx.shape, two, two, zero)
+            nbytes = x.nbytes * (1 + 1 / 4 + 1 / 4 + 1 / 4 + 1 / 4 + 1)   # x; y, argmax; gy, argmax; gx
+        else:
+            def ours():
+                y = be.avg_pool2d_forward(cx, two, two, zero, True)
+                be.avg_pool2d_backward(y, cx.shape, two, two, zero, True)
+            nbytes = x.nbytes * (1 + 1 / 4 + 1 / 4 + 1)                   # x; y; gy; gx
+        peer = None
+        if self.torch is not None:
+            tx, fn = self._T(x, True), getattr(self.F, f"{kind}_pool2d")
+
+            def peer():
+                y = fn(tx, 2)
+                self.torch.autograd.grad(y, tx, y.detach())
+        return self._case(f"{kind}_pool2d 2x2", "x".join(map(str, x_shape)), ours, peer, nbytes)
+
+    def xent(self, n, c):
+        """softmax cross-entropy forward + backward; bytes: logits read twice, their gradient written."""
+        np, be = self.np, self.backend
+        z = self.randn((n, c), 2.0)
+        labels = self.rng.integers(0, c, n)
+        gl = np.full(n, 1.0 / n, np.float32)
+        cz, cl, cgl = be.asarray(z), be.asarray(labels), be.asarray(gl)
+
+        def ours():
+            loss, lse = be.softmax_cross_entropy_forward(cz, cl, 0.0)
+            be.softmax_cross_entropy_backward(cz, cl, lse, cgl, 0.0)
+        peer = None
+        if self.torch is not None:
+            tz, tl, tgl = self._T(z, True), self._T(labels), self._T(gl)
+
+            def peer():
+                loss = self.F.cross_entropy(tz, tl, reduction="none")
+                self.torch.autograd.grad(loss, tz, tgl)
+        return self._case("softmax_cross_entropy", f"{n}x{c}", ours, peer, 3 * z.nbytes)
 
 
 def _ops_cases(backend, torch, device, seed=0):
+    kit = _OpsKit(backend, torch, device, seed)
+    x = (64, 32, 32, 32)
+    return [kit.conv(x, 32), kit.pool("max", x), kit.pool("avg", x), kit.xent(512, 1000)]
+
+
+# the GPU targets of the GPU-backend issue: ResNet-20's convolutions at batch 128 (geometric
+# mean within 2x of cuDNN), softmax cross-entropy on 8192 x 4096 logits (>= 70% of the memory
+# bandwidth), pooling on a 256 MiB tensor (>= 60%)
+_RESNET20_CONVS = [((128, 16, 32, 32), 16, 1), ((128, 16, 32, 32), 32, 2), ((128, 32, 16, 16), 32, 1),
+                   ((128, 32, 16, 16), 64, 2), ((128, 64, 8, 8), 64, 1)]
+
+
+def _target_cases(backend, torch, device, seed=0):
+    kit = _OpsKit(backend, torch, device, seed)
+    big = (256, 64, 64, 64)                                   # 256 MiB of float32
+    return ([kit.conv(x, o, stride=s) for x, o, s in _RESNET20_CONVS]
+            + [kit.pool("max", big), kit.pool("avg", big), kit.xent(8192, 4096)])
+
+
+def _copy_bandwidth(backend, nbytes=1 << 29):
+    """GB/s of a device-to-device copy (bytes read + written): the practical memory ceiling."""
     import numpy as np
+    xp = backend.xp
+    a = xp.ones(nbytes // 4, dtype=np.float32)
+    b = xp.empty_like(a)
+    times = []
+    for _ in range(5):
+        backend.synchronize()
+        t0 = time.perf_counter()
+        xp.copyto(b, a)
+        backend.synchronize()
+        times.append(time.perf_counter() - t0)
+    return 2 * a.nbytes / min(times) / 1e9
 
-    rng = np.random.default_rng(seed)
-    sync = backend.synchronize
-    A = backend.asarray
-    cases = []
 
-    def peer_sync():
-        if torch is not None and torch_device(device) == "cuda":
-            torch.cuda.synchronize()
-
-    tdev = torch_device(device)   # (TF32 is turned off by _peer for an FP32 comparison)
-
-    def T(a, grad=False):
-        return torch.tensor(np.asarray(a), device=tdev, requires_grad=grad)
-
-    # conv2d 3x3, 32 -> 32, padding 1 on (64, 32, 32, 32)
-    x = rng.standard_normal((64, 32, 32, 32), dtype=np.float32)
-    w = (rng.standard_normal((32, 32, 3, 3), dtype=np.float32) * (2.0 / 288) ** 0.5).astype(np.float32)
-    b = np.zeros(32, np.float32)
-    gy = rng.standard_normal((64, 32, 32, 32), dtype=np.float32)
-    cx, cw, cb, cgy = A(x), A(w), A(b), A(gy)
-    one = (1, 1)
-
-    def conv_ours():
-        backend.conv2d_forward(cx, cw, cb, one, one, one, 1)
-        backend.conv2d_backward(cx, cw, cgy, one, one, one, 1)
-
-    conv = {"name": "conv2d 3x3 32->32 pad1", "shape": "64x32x32x32",
-            "ours": conv_ours, "ours_sync": sync}
-    if torch is not None:
-        tx, tw, tb, tgy = T(x, True), T(w, True), T(b, True), T(gy)
-        F = torch.nn.functional
-
-        def conv_peer():
-            y = F.conv2d(tx, tw, tb, 1, 1)
-            torch.autograd.grad(y, (tx, tw, tb), tgy)
-
-        conv.update(peer=conv_peer, peer_sync=peer_sync)
-    cases.append(conv)
-
-    # max and average pool 2x2 on the same tensor
-    def max_ours():
-        y, arg = backend.max_pool2d_forward(cx, (2, 2), (2, 2), (0, 0))
-        backend.max_pool2d_backward(y, arg, cx.shape, (2, 2), (2, 2), (0, 0))
-
-    def avg_ours():
-        y = backend.avg_pool2d_forward(cx, (2, 2), (2, 2), (0, 0), True)
-        backend.avg_pool2d_backward(y, cx.shape, (2, 2), (2, 2), (0, 0), True)
-
-    for name, ours, peer_fn in (("max_pool2d 2x2", max_ours, "max_pool2d"),
-                                ("avg_pool2d 2x2", avg_ours, "avg_pool2d")):
-        case = {"name": name, "shape": "64x32x32x32", "ours": ours, "ours_sync": sync}
-        if torch is not None:
-            def peer(fn=getattr(F, peer_fn)):
-                y = fn(tx, 2)
-                torch.autograd.grad(y, tx, y.detach())
-
-            case.update(peer=peer, peer_sync=peer_sync)
-        cases.append(case)
-
-    # softmax cross-entropy, 512 x 1000
-    z = (rng.standard_normal((512, 1000), dtype=np.float32) * 2).astype(np.float32)
-    labels = rng.integers(0, 1000, 512)
-    gl = np.full(512, 1.0 / 512, np.float32)
-    cz, cl, cgl = A(z), A(labels), A(gl)
-
-    def xent_ours():
-        loss, lse = backend.softmax_cross_entropy_forward(cz, cl, 0.0)
-        backend.softmax_cross_entropy_backward(cz, cl, lse, cgl, 0.0)
-
-    xent = {"name": "softmax_cross_entropy", "shape": "512x1000",
-            "ours": xent_ours, "ours_sync": sync}
-    if torch is not None:
-        tz, tl, tgl = T(z, True), T(labels), T(gl)
-
-        def xent_peer():
-            loss = F.cross_entropy(tz, tl, reduction="none")
-            torch.autograd.grad(loss, tz, tgl)
-
-        xent.update(peer=xent_peer, peer_sync=peer_sync)
-    cases.append(xent)
-    return cases
+def _add_bandwidth(results, cases, ceiling):
+    """GB/s of the bandwidth-bound cases, and their share of ``ceiling``; a geometric-mean conv row."""
+    import math
+    for r, c in zip(results, cases):
+        if "bytes" in c:
+            r["gbps"] = c["bytes"] / (r["gpudl_ms"] * 1e-3) / 1e9
+            r["pct_of_copy"] = 100.0 * r["gbps"] / ceiling
+    convs = [r for r in results if r["name"].startswith("conv2d") and "ratio" in r]
+    if convs:
+        def gmean(key):
+            return math.prod(r[key] for r in convs) ** (1 / len(convs))
+        results.append({"name": "conv2d ResNet-20 shapes", "shape": "geometric mean",
+                        "gpudl_ms": gmean("gpudl_ms"), "torch_ms": gmean("torch_ms"), "ratio": gmean("ratio")})
 
 
 def _report(kind, args, results, torch, meta, what):
@@ -231,7 +300,15 @@ def _ops_run(args):
     backend = get_backend(args.device)
     torch = _peer(args)
     results = compare(_ops_cases(backend, torch, args.device), args.repeat)
-    return _report("ops", args, results, torch, {"backend": getattr(backend, "name", "?")}, "medians")
+    meta = {"backend": getattr(backend, "name", "?")}
+    targets = args.targets if args.targets is not None else args.device not in (None, "cpu")
+    if targets:
+        cases = _target_cases(backend, torch, args.device)
+        found = compare(cases, args.repeat)
+        meta["copy_gbps"] = _copy_bandwidth(backend)
+        _add_bandwidth(found, cases, meta["copy_gbps"])
+        results += found
+    return _report("ops", args, results, torch, meta, "medians")
 
 
 # ---------------------------------------------------------------------------

@@ -40,3 +40,21 @@ def test_bench_all_on_a_device_that_does_not_answer_says_why():
     assert r.returncode == 2
     assert r.stderr.count("CUDA is not usable") == 3       # ops, models and knn each say so
     assert json.loads(r.stdout) == {"bench": "all", "parts": []}
+
+
+def test_gpu_target_cases_and_bandwidth_rows():
+    """The GPU issue's target cases are built as stated, and bandwidth rows are derived right."""
+    from gpudl import bench
+    from gpudl.backend import numpy_backend
+    cases = bench._target_cases(numpy_backend, None, "cpu")
+    assert [c["shape"] for c in cases] == ["128x16x32x32", "128x16x32x32", "128x32x16x16", "128x32x16x16",
+                                           "128x64x8x8", "256x64x64x64", "256x64x64x64", "8192x4096"]
+    assert cases[5]["bytes"] == 256 * 2**20 * 3 and cases[7]["bytes"] == 3 * 8192 * 4096 * 4
+    results = [{"name": c["name"], "shape": c["shape"], "gpudl_ms": 2.0, "torch_ms": 1.0, "ratio": 2.0}
+               for c in cases]
+    results[0].update(gpudl_ms=8.0, ratio=8.0)
+    bench._add_bandwidth(results, cases, ceiling=400.0)
+    assert results[7]["gbps"] == 3 * 8192 * 4096 * 4 / 2e-3 / 1e9
+    assert results[7]["pct_of_copy"] == 100 * results[7]["gbps"] / 400.0
+    mean = results[-1]
+    assert mean["shape"] == "geometric mean" and abs(mean["ratio"] - 8.0 ** (1 / 5) * 2.0 ** (4 / 5)) < 1e-12
