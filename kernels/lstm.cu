@@ -3,8 +3,9 @@
 // Layout (PyTorch's gate order i, f, g, o; H = hidden size, N = batch):
 //   gates  (N, 4H)  pre-activations [i | f | g | o] of one time step
 //   c_prev (N, H)   the previous cell state
-//   saved  (N, 5H)  what the backward pass reads: [i | f | g | o | tanh(c)],
-//                   the activated gates and tanh of the new cell state
+//   saved  (5, N, H) what the backward pass reads: i, f, g, o, tanh(c) -- the
+//                   activated gates and tanh of the new cell state, gate-major
+//                   (each a contiguous (N, H) block, like the states)
 // Forward, per element (n, j):
 //   i = sigma(a_i), f = sigma(a_f), g = tanh(a_g), o = sigma(a_o)
 //   c = f * c_prev + i * g,   h = o * tanh(c)
@@ -37,10 +38,10 @@ template <typename T>
 __device__ void lstm_fwd_impl(const T* __restrict__ gates, const T* __restrict__ c_prev,
                               T* __restrict__ h, T* __restrict__ c, T* __restrict__ saved,
                               int N, int H) {
-    const gd_index h1 = H;
-    GD_KERNEL_LOOP(k, (gd_index)N * H) {
+    const gd_index h1 = H, nh = (gd_index)N * H;
+    GD_KERNEL_LOOP(k, nh) {
         const T* a = gates + lstm_col(k, H, 4);
-        T* s = saved + lstm_col(k, H, 5);
+        T* s = saved + k;
         const T i = gd_sigmoid(a[0]);
         const T f = gd_sigmoid(a[h1]);
         const T g = gd_tanh(a[2 * h1]);
@@ -50,10 +51,10 @@ __device__ void lstm_fwd_impl(const T* __restrict__ gates, const T* __restrict__
         c[k] = cn;
         h[k] = o * tc;
         s[0] = i;
-        s[h1] = f;
-        s[2 * h1] = g;
-        s[3 * h1] = o;
-        s[4 * h1] = tc;
+        s[nh] = f;
+        s[2 * nh] = g;
+        s[3 * nh] = o;
+        s[4 * nh] = tc;
     }
 }
 
@@ -61,11 +62,11 @@ template <typename T>
 __device__ void lstm_bwd_impl(const T* __restrict__ gh, const T* __restrict__ gc,
                               const T* __restrict__ saved, const T* __restrict__ c_prev,
                               T* __restrict__ ggates, T* __restrict__ gc_prev, int N, int H) {
-    const gd_index h1 = H;
-    GD_KERNEL_LOOP(k, (gd_index)N * H) {
-        const T* s = saved + lstm_col(k, H, 5);
+    const gd_index h1 = H, nh = (gd_index)N * H;
+    GD_KERNEL_LOOP(k, nh) {
+        const T* s = saved + k;
         T* d = ggates + lstm_col(k, H, 4);
-        const T i = s[0], f = s[h1], g = s[2 * h1], o = s[3 * h1], tc = s[4 * h1];
+        const T i = s[0], f = s[nh], g = s[2 * nh], o = s[3 * nh], tc = s[4 * nh];
         const T dh = gh[k];
         const T gct = gc[k] + dh * o * (T(1) - tc * tc);
         d[0] = gct * g * i * (T(1) - i);

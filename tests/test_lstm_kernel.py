@@ -40,7 +40,7 @@ def reference(gates, c_prev, gh, gc):
     gct = gc + gh * o * (1 - tc ** 2)
     ggates = np.concatenate([gct * g * i * (1 - i), gct * c_prev * f * (1 - f),
                              gct * i * (1 - g ** 2), gh * tc * o * (1 - o)], axis=1)
-    return h, c, np.concatenate([i, f, g, o, tc], axis=1), ggates, gct * f
+    return h, c, np.stack([i, f, g, o, tc]), ggates, gct * f      # saved is gate-major (5, N, H)
 
 
 def inputs(N, H, dtype, seed=0, scale=2.0):
@@ -114,7 +114,7 @@ def test_out_buffers_are_written_and_returned(backend, emu):
     be = cpu if backend == "cpu" else emu
     N, H = 4, 6
     gates, c_prev, gh, gc = inputs(N, H, np.float64, seed=2)
-    bufs = (np.full((N, H), 7.0), np.full((N, H), 7.0), np.full((N, 5 * H), 7.0))
+    bufs = (np.full((N, H), 7.0), np.full((N, H), 7.0), np.full((5, N, H), 7.0))
     got = be.lstm_cell_forward(gates, c_prev, out=bufs)
     assert all(a is b for a, b in zip(got, bufs))
     _all_close(got, reference(gates, c_prev, gh, gc)[:3], np.float64)
@@ -144,14 +144,16 @@ def test_wrappers_validate_before_launching():
         b.lstm_cell_forward(g32, c32, out=(c32, c32))
     with pytest.raises(cupy_backend.KernelArgumentError, match="C-contiguous"):
         b.lstm_cell_forward(g32, c32, out=(np.zeros((3, 2), np.float32).T, c32.copy(),
-                                           np.zeros((2, 15), np.float32)))
-    with pytest.raises(ValueError, match=r"out saved: expected shape \(2, 15\)"):
-        b.lstm_cell_forward(g32, c32, out=(c32.copy(), c32.copy(), np.zeros((2, 12), np.float32)))
+                                           np.zeros((5, 2, 3), np.float32)))
+    with pytest.raises(ValueError, match=r"out saved: expected shape \(5, 2, 3\)"):
+        b.lstm_cell_forward(g32, c32, out=(c32.copy(), c32.copy(), np.zeros((4, 2, 3), np.float32)))
     with pytest.raises(TypeError, match="out h"):
         b.lstm_cell_forward(g32, c32, out=(c32.astype(np.float64), c32.copy(),
-                                           np.zeros((2, 15), np.float32)))
-    s32 = np.zeros((2, 15), np.float32)
-    with pytest.raises(ValueError, match=r"\(N, 5 \* hidden_size\)"):
+                                           np.zeros((5, 2, 3), np.float32)))
+    s32 = np.zeros((5, 2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"saved: expected shape \(5, 2, 3\) \(gate-major"):
+        b.lstm_cell_backward(c32, c32, np.zeros((2, 15), np.float32).reshape(2, 5, 3), c32)
+    with pytest.raises(ValueError, match="saved: expected 3 dimensions"):
         b.lstm_cell_backward(c32, c32, g32, c32)
     with pytest.raises(ValueError, match=r"gc: expected shape \(2, 3\)"):
         b.lstm_cell_backward(c32, np.zeros((3, 3), np.float32), s32, c32)
@@ -170,7 +172,7 @@ def test_wrappers_launch_one_thread_per_state_element():
     N, H = 5, 300
     gates = np.zeros((N, 8 * H), np.float64)[:, ::2]          # a strided view: copied first
     b.lstm_cell_forward(gates, np.zeros((N, H)))
-    b.lstm_cell_backward(*(np.zeros((N, H), np.float32),) * 2, np.zeros((N, 5 * H), np.float32),
+    b.lstm_cell_backward(*(np.zeros((N, H), np.float32),) * 2, np.zeros((5, N, H), np.float32),
                          np.zeros((N, H), np.float32))
     assert [c[0] for c in calls] == ["lstm_cell_forward_f64", "lstm_cell_backward_f32"]
     for name, grid, block, args in calls:

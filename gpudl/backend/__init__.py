@@ -30,8 +30,8 @@ Kernel-level functions (identical signatures on every backend)::
         step's pre-activations in PyTorch's order [i | f | g | o];
         c_prev (N, H): the previous cell state; both of one float dtype.
         i, f, o = sigmoid(.), g = tanh(.); c = f * c_prev + i * g;
-        h = o * tanh(c).  h, c (N, H); saved (N, 5H) = [i | f | g | o | tanh(c)]
-        is what the backward pass reads.
+        h = o * tanh(c).  h, c (N, H); saved (5, N, H) = i, f, g, o, tanh(c)
+        (gate-major) is what the backward pass reads.
     lstm_cell_backward(gh, gc, saved, c_prev, out=None) -> (ggates, gc_prev)
         gh, gc (N, H): upstream gradients of h and of c (the part of dL/dc
         that does not pass through h; zeros when c is not used); saved and

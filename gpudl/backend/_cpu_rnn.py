@@ -2,10 +2,10 @@
 
 The twins of ``lstm_cell_forward_*`` / ``lstm_cell_backward_*`` in
 ``kernels/lstm.cu``; the contract is in :mod:`gpudl.backend`.  Results go
-into the output buffers (``out=``).  The work runs on a gate-major copy
-``(gates, N, H)``: NumPy's element-wise loops on the contract's
-``(N, 4H)`` column blocks are strided and about twice as slow as on
-contiguous blocks, which more than pays for the two transposing copies.
+into the output buffers (``out=``).  The work runs on gate-major arrays
+(``saved`` is one, ``(5, N, H)``, and the gates are copied into one):
+NumPy's element-wise loops on the ``(N, 4H)`` column blocks would be strided
+and about twice as slow as on contiguous ``(N, H)`` blocks.
 The sigmoid is computed as ``0.5 * tanh(0.5 * x) + 0.5``: no overflow for
 any ``x`` (the kernel's ``1 / (1 + exp(-x))`` agrees within rounding), and
 one vectorised ``tanh`` covers all four gates.
@@ -19,9 +19,8 @@ def lstm_cell_forward(gates, c_prev, out=None):
     H = G // 4
     if out is None:
         out = (np.empty((N, H), gates.dtype), np.empty((N, H), gates.dtype),
-               np.empty((N, 5 * H), gates.dtype))
-    h, c, saved = out
-    a = np.empty((5, N, H), gates.dtype)           # gate-major: i, f, g, o, tanh(c)
+               np.empty((5, N, H), gates.dtype))
+    h, c, a = out                                  # a = saved, gate-major: i, f, g, o, tanh(c)
     np.copyto(a[:4], gates.reshape(N, 4, H).transpose(1, 0, 2))
     half = gates.dtype.type(0.5)
     sigmoids = (a[:2], a[3])                       # sigmoid(x) = tanh(x / 2) / 2 + 1 / 2
@@ -37,17 +36,15 @@ def lstm_cell_forward(gates, c_prev, out=None):
     c += h
     np.tanh(c, out=tc)
     np.multiply(o, tc, out=h)
-    np.copyto(saved.reshape(N, 5, H), a.transpose(1, 0, 2))
-    return h, c, saved
+    return h, c, a
 
 
 def lstm_cell_backward(gh, gc, saved, c_prev, out=None):
-    N, H5 = saved.shape
-    H = H5 // 5
+    _, N, H = saved.shape
     if out is None:
         out = np.empty((N, 4 * H), saved.dtype), np.empty((N, H), saved.dtype)
     ggates, gct = out
-    a = np.ascontiguousarray(saved.reshape(N, 5, H).transpose(1, 0, 2))   # gate-major
+    a = saved
     i, f, g, o, tc = a
     d = np.empty((4, N, H), saved.dtype)
     d_i, d_f, d_g, d_o = d

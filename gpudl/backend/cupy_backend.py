@@ -554,7 +554,7 @@ class _Backend:
         op = "lstm_cell_forward"
         with self._scope():
             gates, (c_prev,), N, H = self._lstm_operands(op, gates, "gates", 4, [("c_prev", c_prev)])
-            h, c, saved = self._outputs(op, out, (("h", (N, H)), ("c", (N, H)), ("saved", (N, 5 * H))),
+            h, c, saved = self._outputs(op, out, (("h", (N, H)), ("c", (N, H)), ("saved", (5, N, H))),
                                         gates.dtype)
             self._launch1d("lstm.cu", f"{op}_{_SUFFIX[gates.dtype]}", N * H,
                            (gates, c_prev, h, c, saved, numpy.int32(N), numpy.int32(H)))
@@ -563,8 +563,12 @@ class _Backend:
     def lstm_cell_backward(self, gh, gc, saved, c_prev, out=None):
         op = "lstm_cell_backward"
         with self._scope():
-            saved, (gh, gc, c_prev), N, H = self._lstm_operands(
-                op, saved, "saved", 5, [("gh", gh), ("gc", gc), ("c_prev", c_prev)])
+            gh, (gc, c_prev), N, H = self._lstm_operands(op, gh, "gh", 1, [("gc", gc), ("c_prev", c_prev)])
+            saved = self._array(saved, f"{op} saved", 3)
+            self._same_dtype(gh, saved, f"{op} gh", f"{op} saved")
+            if tuple(saved.shape) != (5, N, H):
+                raise ValueError(f"{op} saved: expected shape {(5, N, H)} (gate-major, as the "
+                                 f"forward returns it), got {tuple(saved.shape)}")
             ggates, gc_prev = self._outputs(op, out, (("ggates", (N, 4 * H)), ("gc_prev", (N, H))),
                                             saved.dtype)
             self._launch1d("lstm.cu", f"{op}_{_SUFFIX[saved.dtype]}", N * H,

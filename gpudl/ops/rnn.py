@@ -261,7 +261,7 @@ class _Scan:
 
     Buffers (T = steps, N = batch, H = hidden, G = gates * H): ``xg`` (T, N, G)
     the input projections; ``out`` (T, N, H) the outputs h; for LSTM ``cs``
-    (T, N, H) the cell states and ``saved`` (T, N, 5H) what the fused cell's
+    (T, N, H) the cell states and ``saved`` (T, 5, N, H) what the fused cell's
     backward reads; ``gx`` / ``gh`` (T, N, G) the gradients of the input and
     hidden projections (one array but for GRU).
     """
@@ -297,7 +297,7 @@ class _Scan:
         self.h0 = None          # the initial h (array) when one was given
         if mode == "lstm":
             self.cs = self.empty((T, N, H))
-            self.saved = self.empty((T, N, 5 * H))
+            self.saved = self.empty((T, 5, N, H))
             self.gates = self.empty((N, G))
             self.gc_bufs = None
         self.gx = self.gh = None
