@@ -363,23 +363,48 @@ def build_parser():
 
 
 def _all(rest):
-    """ops, models and knn in turn; with --json, one JSON document holding all three."""
+    """ops, models and knn in turn; with --json, one JSON document holding all three.
+
+    ``--[no-]targets`` goes to ops alone.  With --json the document is printed even when
+    a part fails or the run is stopped (Ctrl-C, or SIGTERM from ``timeout``): the parts
+    done so far, and ``"stopped"`` / ``"errors"`` saying what happened.
+    """
+    import signal
+    import traceback
+
     from .bench_knn import main as knn_main
+    shared = [a for a in rest if a not in ("--targets", "--no-targets")]
     knn_rest = ["--json"] * ("--json" in rest)
     if "--device" in rest and rest.index("--device") + 1 < len(rest):
         knn_rest += ["--device", rest[rest.index("--device") + 1]]
     knn_rest += [a for a in rest if a.startswith("--device=")]
-    runs = [lambda: main(["ops"] + rest), lambda: main(["models"] + rest), lambda: knn_main(knn_rest)]
+    runs = [("ops", lambda: main(["ops"] + rest)), ("models", lambda: main(["models"] + shared)),
+            ("knn", lambda: knn_main(knn_rest))]
     if "--json" not in rest:
-        return max(run() for run in runs)
-    parts, rc = [], 0
-    for run in runs:
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            rc = max(rc, run())
-        if buf.getvalue().strip():
-            parts.append(json.loads(buf.getvalue()))
-    print(json.dumps({"bench": "all", "parts": parts}, indent=2))
+        return max(run() for _, run in runs)
+    doc, rc = {"bench": "all", "parts": []}, 0
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        for name, run in runs:
+            buf = io.StringIO()
+            try:
+                with contextlib.redirect_stdout(buf):
+                    rc = max(rc, run())
+            except KeyboardInterrupt:
+                doc["stopped"] = f"during {name}"
+                rc = 130
+                break
+            except Exception:                      # keep the other parts
+                doc.setdefault("errors", {})[name] = traceback.format_exc(limit=5)
+                rc = max(rc, 1)
+            if buf.getvalue().strip():
+                doc["parts"].append(json.loads(buf.getvalue()))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        print(json.dumps(doc, indent=2), flush=True)
     return rc
 
 

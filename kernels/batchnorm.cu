@@ -3,9 +3,9 @@
 //
 // Forward, training: batch_norm_stats (one thread block per channel, grid-stride
 // over channels) computes the channel's mean, then the mean of (x - mean)^2 in a
-// second pass over the same values (no cancellation in float32), writes mean and
-// invstd = 1 / sqrt(var + eps) and, when update_running is set, moves the running
-// statistics by momentum (the variance unbiased by m / (m - 1), m = N * L).
+// second pass over the same values (no cancellation in float32), writes mean, var
+// and invstd = 1 / sqrt(var + eps) and, when update_running is set, moves the
+// running statistics by momentum (the variance unbiased by m / (m - 1), m = N * L).
 // batch_norm_apply (one thread per element) then writes xhat = (x - mean) * invstd
 // and y = xhat * weight + bias.
 // Backward: batch_norm_grad_reduce (one block per channel) sums g and g * xhat
@@ -19,7 +19,8 @@
 
 template <typename T>
 __device__ void bn_stats_impl(const T* __restrict__ x, T* __restrict__ mean_out,
-                              T* __restrict__ invstd_out, T* __restrict__ running_mean,
+                              T* __restrict__ var_out, T* __restrict__ invstd_out,
+                              T* __restrict__ running_mean,
                               T* __restrict__ running_var, int N, int C, int L, T eps,
                               T momentum, int update_running) {
     __shared__ T buf[32];
@@ -41,6 +42,7 @@ __device__ void bn_stats_impl(const T* __restrict__ x, T* __restrict__ mean_out,
         const T var = gd_block_sum(v, buf) / T(m);
         if (threadIdx.x == 0) {
             mean_out[c] = mean;
+            var_out[c] = var;
             invstd_out[c] = T(1) / gd_sqrt(var + eps);
             if (update_running) {
                 const T unbiased = m > 1 ? var * (T(m) / T(m - 1)) : var;
@@ -107,9 +109,9 @@ __device__ void bn_grad_input_impl(const T* __restrict__ g, const T* __restrict_
 }
 
 extern "C" __global__ void batch_norm_stats_f32(
-        const float* x, float* mean, float* invstd, float* running_mean, float* running_var,
+        const float* x, float* mean, float* var, float* invstd, float* running_mean, float* running_var,
         int N, int C, int L, float eps, float momentum, int update_running) {
-    bn_stats_impl<float>(x, mean, invstd, running_mean, running_var, N, C, L, eps, momentum,
+    bn_stats_impl<float>(x, mean, var, invstd, running_mean, running_var, N, C, L, eps, momentum,
                        update_running);
 }
 extern "C" __global__ void batch_norm_apply_f32(
@@ -127,9 +129,9 @@ extern "C" __global__ void batch_norm_grad_input_f32(
     bn_grad_input_impl<float>(g, xhat, invstd, weight, sg, sgx, gx, N, C, L, has_weight, batch_stats);
 }
 extern "C" __global__ void batch_norm_stats_f64(
-        const double* x, double* mean, double* invstd, double* running_mean, double* running_var,
+        const double* x, double* mean, double* var, double* invstd, double* running_mean, double* running_var,
         int N, int C, int L, double eps, double momentum, int update_running) {
-    bn_stats_impl<double>(x, mean, invstd, running_mean, running_var, N, C, L, eps, momentum,
+    bn_stats_impl<double>(x, mean, var, invstd, running_mean, running_var, N, C, L, eps, momentum,
                        update_running);
 }
 extern "C" __global__ void batch_norm_apply_f64(

@@ -58,3 +58,18 @@ def test_gpu_target_cases_and_bandwidth_rows():
     assert results[7]["pct_of_copy"] == 100 * results[7]["gbps"] / 400.0
     mean = results[-1]
     assert mean["shape"] == "geometric mean" and abs(mean["ratio"] - 8.0 ** (1 / 5) * 2.0 ** (4 / 5)) < 1e-12
+
+
+def test_bench_all_json_survives_a_stop():
+    """`timeout` sends SIGTERM: the parts done so far still come out as one JSON document."""
+    import signal
+    import time
+    p = subprocess.Popen([sys.executable, "-m", "gpudl.bench", "all", "--repeat", "1", "--json", "--no-torch",
+                          "--no-targets"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, PYTHONPATH=ROOT))
+    time.sleep(4)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=120)
+    doc = json.loads(out)
+    assert p.returncode == 130 and doc["stopped"].startswith("during ")
+    assert doc["bench"] == "all" and all(part["bench"] in ("ops", "models") for part in doc["parts"])

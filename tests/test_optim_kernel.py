@@ -97,3 +97,34 @@ def test_wrappers_refuse_bad_input(emu):
                         1e-8, 0.0, False, False, 1)
     with pytest.raises(ValueError, match="step counts from 1, got 0"):
         emu.adam_update(p, p.copy(), p.copy(), p.copy(), None, 0.1, 0.9, 0.99, 1e-8, 0.0, False, False, 0)
+
+
+def test_scalar_parameters_train_on_every_device(device):
+    """A 0-d parameter (a learned scale, say) steps like on the CPU, and SGD keeps no half-made buffer."""
+    import gpudl
+    from gpudl import optim
+
+    def run(dev, make):
+        p = gpudl.tensor(np.array(1.5), device=dev, requires_grad=True)
+        opt = make([p])
+        for _ in range(3):
+            opt.zero_grad()
+            (p * p).sum().backward()
+            opt.step()
+        return p.numpy(), opt
+
+    for make in (lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True),
+                 lambda ps: optim.Adam(ps, lr=0.1, amsgrad=True)):
+        got, opt = run(device, make)
+        want, _ = run("cpu", make)
+        assert got.shape == () and np.allclose(got, want, rtol=1e-12)
+    # a step the backend refuses (the kernels take one dtype) leaves no momentum buffer behind
+    p = gpudl.tensor(np.ones(3), device=device, requires_grad=True)
+    p.grad = gpudl.tensor(np.ones(3, np.float32), device=device)
+    sgd = optim.SGD([p], lr=0.1, momentum=0.9)
+    try:
+        sgd.step()
+    except TypeError as e:
+        assert "float64 but" in str(e) and "momentum_buffer" not in sgd.state.get(p, {})
+    else:
+        assert device.type == "cpu" and "momentum_buffer" in sgd.state[p]

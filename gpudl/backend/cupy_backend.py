@@ -628,14 +628,20 @@ class _Backend:
                 if N * L < 1:
                     raise ValueError(f"{op} x: batch statistics need at least one value per channel, "
                                      f"got shape {tuple(x.shape)}")
-                mean, invstd = xp.empty(C, dtype=dt), xp.empty(C, dtype=dt)
+                mean, var, invstd = (xp.empty(C, dtype=dt) for _ in range(3))
+                # the kernel moves running statistics that are x's own arrays; others (another
+                # dtype, a strided view) move here, in their own dtype
+                in_kernel = running and rm is running_mean and rv is running_var
                 grid, block = self._per_channel(C)
                 self._launch("batchnorm.cu", f"batch_norm_stats_{sfx}", grid, block,
-                             (x, mean, invstd, rm, rv, numpy.int32(N), numpy.int32(C), numpy.int32(L),
-                              dt.type(eps), dt.type(momentum), numpy.int32(running)))
-                for given, used in ((running_mean, rm), (running_var, rv)):
-                    if running and used is not given:      # another dtype or layout: write back
-                        given[...] = used
+                             (x, mean, var, invstd, rm, rv, numpy.int32(N), numpy.int32(C),
+                              numpy.int32(L), dt.type(eps), dt.type(momentum), numpy.int32(in_kernel)))
+                if running and not in_kernel:
+                    m = N * L
+                    for stat, value in ((running_mean, mean), (running_var, var * dt.type(m / max(m - 1, 1)))):
+                        mom = stat.dtype.type(momentum)
+                        stat *= 1 - mom
+                        stat += mom * value.astype(stat.dtype)
             else:
                 mean, invstd = rm, 1 / xp.sqrt(rv + dt.type(eps))
             y, xhat = xp.empty_like(x), xp.empty_like(x)
@@ -687,10 +693,10 @@ class _Backend:
             if a is None:
                 out.append(None)
                 continue
-            c = self._array(a, f"{op} {what}")
-            if c.shape != p.shape:
+            c = self._array(a, f"{op} {what}")       # (a 0-d array comes back as (1,))
+            if tuple(a.shape) != tuple(p.shape):
                 raise ValueError(f"{op} {what}: expected the parameter's shape {tuple(p.shape)}, "
-                                 f"got {tuple(c.shape)}")
+                                 f"got {tuple(a.shape)}")
             self._same_dtype(p, c, f"{op} p", f"{op} {what}")
             if c is not a:
                 back.append((a, c))
@@ -702,11 +708,12 @@ class _Backend:
         with self._scope():
             if not self.is_array(p):
                 raise TypeError(f"{op} p: expected a {self.name} array, got {type(p).__name__}")
+            g_shape = tuple(getattr(g, "shape", ()))
             g = self._array(g, f"{op} g")
             (pc, *st), back = self._state_arrays(op, p, [("p", p)] + state)
-            if g.shape != pc.shape:
-                raise ValueError(f"{op} g: expected the parameter's shape {tuple(pc.shape)}, "
-                                 f"got {tuple(g.shape)}")
+            if g_shape != tuple(p.shape):
+                raise ValueError(f"{op} g: expected the parameter's shape {tuple(p.shape)}, "
+                                 f"got {g_shape}")
             self._same_dtype(pc, g, f"{op} p", f"{op} g")
             none = self._none(pc.dtype)
             st = tuple(none if a is None else a for a in st)

@@ -38,14 +38,16 @@ def _stack(items):
 
 
 def _stateful(fn):
-    """The transforms with a state (their own generator) reachable from ``fn``, in order:
-    ``fn`` itself, or the members of a ``Compose`` (nested ones too)."""
+    """The random transforms (those with their own ``generator`` and ``state_dict`` /
+    ``load_state_dict``) reachable from ``fn``, in order: ``fn`` itself, or the members of a
+    ``Compose`` (nested ones too).  A Module used as a transform is not one of them."""
     if fn is None:
         return []
     inner = getattr(fn, "transforms", None)
     if isinstance(inner, (list, tuple)):
         return [t for member in inner for t in _stateful(member)]
-    if callable(getattr(fn, "state_dict", None)) and callable(getattr(fn, "load_state_dict", None)):
+    if (hasattr(fn, "generator") and callable(getattr(fn, "state_dict", None))
+            and callable(getattr(fn, "load_state_dict", None))):
         return [fn]
     return []
 

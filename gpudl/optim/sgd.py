@@ -30,15 +30,13 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
     def _update(self, p, g, state, group):
-        momentum, first = group["momentum"], False
-        buf = None
-        if momentum:
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = Tensor._make(p.device.backend.xp.empty_like(p.data),
-                                                              p.device)
-                first = True
-            buf = buf.data
-        p.device.backend.sgd_update(p.data, g, buf, group["lr"], momentum, group["dampening"],
-                                    group["weight_decay"], group["nesterov"], group["maximize"],
-                                    first, scratch=self._cpu_scratch(p))
+        momentum = group["momentum"]
+        buf = state.get("momentum_buffer") if momentum else None
+        first = bool(momentum) and buf is None
+        if first:       # the update fills it; kept only once the update has run
+            buf = Tensor._make(p.device.backend.xp.empty_like(p.data), p.device)
+        p.device.backend.sgd_update(p.data, g, None if buf is None else buf.data, group["lr"], momentum,
+                                    group["dampening"], group["weight_decay"], group["nesterov"],
+                                    group["maximize"], first, scratch=self._cpu_scratch(p))
+        if first:
+            state["momentum_buffer"] = buf
