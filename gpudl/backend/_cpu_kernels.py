@@ -539,21 +539,25 @@ def _pack_output_grad(gy, g):
     return buf
 
 
-def _unpack_output(Y, g, b, y):
-    """(G, M, Og) grid -> y (N, O, Ho, Wo), adding the bias on the way."""
-    Ho, Wo = g.h.Lo, g.w.Lo
-    src = Y.reshape(g.G, g.N, g.h.Lq, g.w.Lq, g.Og)
-    dst = y.reshape(g.N, g.G, g.Og, Ho, Wo)
+def _write_output(image_view, g, b, y):
+    """y (N, O, Ho, Wo) from a grid, adding the bias on the way; ``image_view(nb)``
+    gives images ``nb`` of the grid as (n, G, Og, Ho, Wo)."""
+    dst = y.reshape(g.N, g.G, g.Og, g.h.Lo, g.w.Lo)
     bias = None if b is None else np.asarray(b).reshape(g.G, g.Og, 1, 1)
 
     def run(nb):
-        s_ = src[:, nb, :Ho, :Wo, :].transpose(1, 0, 4, 2, 3)
         if bias is None:
-            np.copyto(dst[nb], s_)
+            np.copyto(dst[nb], image_view(nb))
         else:
-            np.add(s_, bias, out=dst[nb])
+            np.add(image_view(nb), bias, out=dst[nb])
 
     _parallel(run, _batch_split(g.N))
+
+
+def _unpack_output(Y, g, b, y):
+    """(G, M, Og) grid -> y (N, O, Ho, Wo), adding the bias on the way."""
+    src = Y.reshape(g.G, g.N, g.h.Lq, g.w.Lq, g.Og)
+    _write_output(lambda nb: src[:, nb, :g.h.Lo, :g.w.Lo, :].transpose(1, 0, 4, 2, 3), g, b, y)
 
 
 def _pack_output_grad_cf(gy, g):
@@ -572,19 +576,8 @@ def _pack_output_grad_cf(gy, g):
 
 def _unpack_output_cf(YT, g, b, y):
     """Channels-first grid (G, Og, M) -> y (N, O, Ho, Wo), plus the bias."""
-    Ho, Wo = g.h.Lo, g.w.Lo
     src = YT.reshape(g.G, g.Og, g.N, g.h.Lq, g.w.Lq)
-    dst = y.reshape(g.N, g.G, g.Og, Ho, Wo)
-    bias = None if b is None else np.asarray(b).reshape(g.G, g.Og, 1, 1)
-
-    def run(nb):
-        s_ = src[:, :, nb, :Ho, :Wo].transpose(2, 0, 1, 3, 4)
-        if bias is None:
-            np.copyto(dst[nb], s_)
-        else:
-            np.add(s_, bias, out=dst[nb])
-
-    _parallel(run, _batch_split(g.N))
+    _write_output(lambda nb: src[:, :, nb, :g.h.Lo, :g.w.Lo].transpose(2, 0, 1, 3, 4), g, b, y)
 
 
 def _gather_cols(Xc, g):
