@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import threading
 
+Tensor = None  # gpudl.tensor.Tensor, set by that module (it imports this one)
+
 _state = threading.local()
 
 
@@ -127,7 +129,6 @@ class Function:
 
     @classmethod
     def apply(cls, *args, **kwargs):
-        from .tensor import Tensor
         tensors = [a for a in args if isinstance(a, Tensor)]
         if not tensors:
             raise TypeError(f"{cls.__name__}: expected at least one Tensor argument")
@@ -182,7 +183,6 @@ def _topological_order(root_node):
 
 def backward(tensor, gradient=None, retain_graph=False):
     """Accumulate d(tensor)/d(leaf) into every leaf's ``.grad``."""
-    from .tensor import Tensor
     xp = tensor.device.backend.xp
     if gradient is None:
         if tensor.data.size != 1:
@@ -242,13 +242,19 @@ def backward(tensor, gradient=None, retain_graph=False):
                 owned.add(key)
 
 
+def writeable(a):
+    """Whether ``a`` may be written in place (CuPy arrays always may; they have no such flag)."""
+    return getattr(a.flags, "writeable", True)
+
+
 def _accumulate_leaf(t, g):
-    from .tensor import Tensor
     if g.shape != t.data.shape or g.dtype != t.data.dtype:
         g = _reduce_to(g, t.data.shape, t.data.dtype)
     if t.grad is None:
         # own the storage: g may be a broadcast view, the caller's gradient, or shared
         # with another leaf (a + b hands both the same array)
         t.grad = Tensor._make(g.copy(), t.device)
-    else:
+    elif writeable(t.grad.data):
+        t.grad.data += g            # .grad owns its storage (above), as in PyTorch
+    else:                           # a read-only array a user assigned
         t.grad = Tensor._make(t.grad.data + g, t.device)

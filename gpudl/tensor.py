@@ -277,3 +277,6 @@ def tensor(data, dtype=None, device=None, requires_grad=False):
     if requires_grad:
         t.requires_grad_(True)
     return t
+
+
+autograd.Tensor = Tensor  # autograd builds results without importing this module at call time

@@ -595,7 +595,7 @@ def test_clip_grad_norm_(device):
 
 def test_clip_grad_norm_after_backward_on_read_only_grads():
     lin = nn.Linear(3, 2)
-    lin(gpudl.ones(4, 3)).sum().backward()      # the bias grad may be a broadcast (read-only) view
+    lin(gpudl.ones(4, 3)).sum().backward()
     norm = nn.utils.clip_grad_norm_(lin.parameters(), 0.5)
     assert norm.item() > 0.5
     total = math.sqrt(sum((p.grad.numpy() ** 2).sum() for p in lin.parameters()))
@@ -644,3 +644,20 @@ def test_matches_pytorch_cnn(device):
             close(ours.state_dict()[k], v.numpy(), rtol=1e-9, atol=1e-12)
         ours.zero_grad()
         theirs.zero_grad()
+
+
+def test_gradients_assigned_read_only_are_replaced_not_written():
+    w = gpudl.tensor(np.ones(3), requires_grad=True)
+    ro = np.full(3, 4.0)
+    ro.setflags(write=False)
+    w.grad = gpudl.tensor(ro)
+    nn.utils.clip_grad_norm_([w], 1.0)
+    nn.utils.clip_grad_value_([w], 0.1)
+    (w * 2).sum().backward()                     # accumulates onto the clipped gradient
+    assert np.allclose(w.grad.numpy(), 2.1) and np.all(ro == 4.0)
+    g = w.grad.data
+    (w * 3).sum().backward()                     # a gradient backward made is added in place
+    assert w.grad.data is g and np.allclose(g, 5.1)
+    w.grad = gpudl.tensor(ro)
+    (w * 2).sum().backward()                     # onto a read-only one: a new array
+    assert np.allclose(w.grad.numpy(), 6.0) and np.all(ro == 4.0)

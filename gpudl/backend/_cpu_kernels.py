@@ -928,8 +928,9 @@ def max_pool2d_backward(gy, argmax, x_shape, kernel, stride, padding):
 
 
 def _avg_divisor(H, W, Ho, Wo, kernel, stride, padding, count_include_pad, dt):
+    """1 / window size: a scalar, or per output position when padding is not counted."""
     if count_include_pad:
-        return None
+        return dt.type(1.0 / (kernel[0] * kernel[1]))
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     h0 = np.arange(Ho) * sh - ph
     w0 = np.arange(Wo) * sw - pw
@@ -948,8 +949,6 @@ def avg_pool2d_forward(x, kernel, stride, padding, count_include_pad):
     if y.size == 0:
         return y
     div = _avg_divisor(H, W, Ho, Wo, kernel, stride, padding, count_include_pad, dt)
-    if div is None:
-        div = dt.type(1.0 / (kernel[0] * kernel[1]))
 
     def run(nb):
         taps = _tap_views(x[nb], kernel, stride, padding, Ho, Wo, 0)
@@ -972,8 +971,6 @@ def avg_pool2d_backward(gy, x_shape, kernel, stride, padding, count_include_pad)
     dt = gy.dtype if gy.dtype.kind == "f" else np.dtype(np.float64)
     (ph, pw) = padding
     div = _avg_divisor(H, W, Ho, Wo, kernel, stride, padding, count_include_pad, dt)
-    if div is None:
-        div = dt.type(1.0 / (kernel[0] * kernel[1]))
     tiles = _tiles(H, W, Ho, Wo, kernel, stride, padding)
     if tiles:                       # the taps' views partition gx exactly
         gxp = np.empty((N, C, H, W), dt)

@@ -387,7 +387,7 @@ class _Backend:
     def _pool_geometry(op, x_shape, kernel, stride, padding):
         N, C, H, W = x_shape
         kH, kW = _pair(kernel, f"{op} kernel", 1)
-        sh, sw = _pair(kernel if stride is None else stride, f"{op} stride", 1)
+        sh, sw = _pair(stride, f"{op} stride", 1)
         ph, pw = _pair(padding, f"{op} padding", 0)
         if ph > kH // 2 or pw > kW // 2:
             raise ValueError(f"{op}: padding {(ph, pw)} must be at most half the kernel "

@@ -386,7 +386,7 @@ class Module:
             if set_to_none:
                 p.grad = None
             else:
-                p.grad.data = p.device.backend.xp.zeros_like(p.grad.data)
+                p.grad.zero_()          # in place, as Optimizer.zero_grad
 
     def apply(self, fn):
         """Call ``fn`` on every descendant (children in order, depth first), then on self; returns self."""

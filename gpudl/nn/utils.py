@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from ..autograd import _check_devices
+from ..autograd import _check_devices, writeable
 from ..creation import zeros
 from ..tensor import Tensor
 
@@ -52,9 +52,17 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         raise RuntimeError(f"clip_grad_norm_: the total norm of order {norm_type} of the gradients is "
                            f"{float(total)}; pass error_if_nonfinite=False to clip anyway")
     coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
+    coefs = {}
     for g in grads:
-        g.data = g.data * coef.astype(g.dtype)   # a new array: grads may be read-only views
+        c = coefs.get(g.dtype)
+        if c is None:
+            c = coefs[g.dtype] = coef.astype(g.dtype)
+        if writeable(g.data):      # gradients from backward own their storage
+            g.data *= c
+        else:                       # a read-only array a user assigned
+            g.data = g.data * c
     return Tensor._make(total, dev)
+
 
 
 def clip_grad_value_(parameters, clip_value):
@@ -63,4 +71,8 @@ def clip_grad_value_(parameters, clip_value):
     if clip_value < 0:
         raise ValueError(f"clip_grad_value_: expected clip_value >= 0, got {clip_value}")
     for g in _grads(parameters, "clip_grad_value_"):
-        g.data = g.device.backend.xp.clip(g.data, -clip_value, clip_value)
+        xp = g.device.backend.xp
+        if writeable(g.data):
+            xp.clip(g.data, -clip_value, clip_value, out=g.data)
+        else:
+            g.data = xp.clip(g.data, -clip_value, clip_value)

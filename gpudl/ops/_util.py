@@ -39,6 +39,9 @@ def _to_tensor_like(value, ref, dtype, op):
 
 def binary_operands(a, b, op):
     """Two tensors on one device with one dtype, checked for broadcastability."""
+    if (isinstance(a, Tensor) and isinstance(b, Tensor) and a.dtype == b.dtype and a.shape == b.shape
+            and a.device == b.device):
+        return a, b                  # the common case: nothing to convert or check
     if not isinstance(a, Tensor) and not isinstance(b, Tensor):
         raise TypeError(f"{op}: expected at least one Tensor, got {type(a).__name__} and {type(b).__name__}")
     dt = result_dtype(a, b)

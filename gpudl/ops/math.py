@@ -5,8 +5,10 @@ import builtins
 import math as _math
 import numbers
 
+import numpy
+
 from ..autograd import Function
-from ..tensor import Tensor
+from ..tensor import Tensor, as_dtype
 from ._util import binary_operands, norm_axis, expand_reduced, require_float
 
 
@@ -266,7 +268,6 @@ clamp = clip
 
 
 def astype(x, dtype):
-    from ..tensor import as_dtype
     dt = as_dtype(dtype)
     if dt == x.dtype:
         return x
@@ -299,15 +300,12 @@ def matmul(a, b):
         raise TypeError(f"matmul: expected two Tensors, got {type(a).__name__} and {type(b).__name__}")
     if a.ndim == 0 or b.ndim == 0:
         raise ValueError(f"matmul: expected tensors of at least 1 dimension, got shapes {a.shape} and {b.shape}")
-    if a.device != b.device:
-        raise ValueError(f"matmul: expected both tensors on one device, got {a.device} and {b.device}")
     ka = a.shape[-1]
     kb = b.shape[-2] if b.ndim > 1 else b.shape[0]
     if ka != kb:
         raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not align "
                          f"({ka} columns against {kb} rows)")
     if a.dtype != b.dtype:
-        import numpy
         dt = numpy.result_type(a.dtype, b.dtype)
         a, b = astype(a, dt), astype(b, dt)
     squeeze = []
@@ -318,7 +316,6 @@ def matmul(a, b):
         b = b.reshape(kb, 1)
         squeeze.append(-1)
     try:
-        import numpy
         numpy.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     except ValueError:
         raise ValueError(f"matmul: batch shapes {a.shape[:-2]} and {b.shape[:-2]} cannot be broadcast") from None

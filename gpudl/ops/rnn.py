@@ -546,7 +546,8 @@ def embedding(input, weight, padding_idx=None):
             raise ValueError(f"embedding: expected padding_idx in [-{n}, {n - 1}], got {padding_idx!r}")
         padding_idx = int(padding_idx) % n
     if input.numel():
-        lo, hi = int(input.data.min()), int(input.data.max())
+        d = input.data      # one read-back (a GPU sync) for both bounds
+        lo, hi = (int(v) for v in input.device.backend.to_numpy(input.device.backend.xp.stack([d.min(), d.max()])))
         if lo < 0 or hi >= n:
             raise ValueError(f"embedding: token ids must be in [0, {n - 1}] (num_embeddings={n}), "
                              f"got ids in [{lo}, {hi}]")
