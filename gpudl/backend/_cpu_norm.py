@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._shared import move_running_stats
+
 
 def _channel_sum(a):
     """Per-channel sum of (N, C, ...) as contiguous row sums."""
@@ -35,11 +37,7 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, eps, momentum
         xhat = x - mean.reshape(shape)
         var = _channel_dot(xhat, xhat) / x.dtype.type(m)
         if running_mean is not None:
-            mom = running_mean.dtype.type(momentum)
-            running_mean *= 1 - mom
-            running_mean += mom * mean.astype(running_mean.dtype)
-            running_var *= 1 - mom
-            running_var += mom * (var * (m / max(m - 1, 1))).astype(running_var.dtype)
+            move_running_stats(running_mean, running_var, mean, var, m, momentum)
     else:
         mean, var = running_mean.astype(x.dtype), running_var.astype(x.dtype)
         xhat = x - mean.reshape(shape)

@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from ._shared import direction, ema
+
 
 def _temporaries(p, scratch):
     if scratch is None:
@@ -19,32 +21,11 @@ def _temporaries(p, scratch):
     return scratch
 
 
-def _direction(p, g, out, weight_decay, maximize):
-    """``(-g if maximize else g) + weight_decay * p``: ``g`` itself, or written to ``out``."""
-    if not weight_decay and not maximize:
-        return g
-    if not weight_decay:
-        return np.negative(g, out=out)
-    np.multiply(p, p.dtype.type(weight_decay), out=out)
-    if maximize:
-        out -= g
-    else:
-        out += g
-    return out
-
-
-def _ema(avg, x, decay, tmp):
-    """``avg = decay * avg + (1 - decay) * x`` in place (``x`` may be ``tmp``)."""
-    c = avg.dtype.type
-    avg *= c(decay)
-    avg += np.multiply(x, c(1 - decay), out=tmp)
-
-
 def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, maximize, first,
                scratch=None):
     c = p.dtype.type
     s, t = _temporaries(p, scratch)
-    d = _direction(p, g, s, weight_decay, maximize)
+    d = direction(np, p, g, s, weight_decay, maximize)
     if momentum:
         if first:
             np.copyto(buf, d)
@@ -59,11 +40,11 @@ def adam_update(p, g, m, v, v_max, lr, beta1, beta2, eps, weight_decay, decouple
                 scratch=None):
     c = p.dtype.type
     s, t = _temporaries(p, scratch)
-    d = _direction(p, g, s, 0.0 if decoupled else weight_decay, maximize)
+    d = direction(np, p, g, s, 0.0 if decoupled else weight_decay, maximize)
     if decoupled and weight_decay:
         p *= c(1 - lr * weight_decay)
-    _ema(m, d, beta1, t)
-    _ema(v, np.multiply(d, d, out=t), beta2, t)
+    ema(np, m, d, beta1, t)
+    ema(np, v, np.multiply(d, d, out=t), beta2, t)
     if v_max is not None:
         v = np.maximum(v_max, v, out=v_max)
     denom = np.sqrt(v, out=t)

@@ -44,6 +44,7 @@ import types
 import numpy
 
 from . import BACKEND_API
+from ._shared import move_running_stats
 
 __all__ = ["make_backend", "cuda_backend", "launch", "KernelArgumentError"]
 
@@ -637,11 +638,7 @@ class _Backend:
                              (x, mean, var, invstd, rm, rv, numpy.int32(N), numpy.int32(C),
                               numpy.int32(L), dt.type(eps), dt.type(momentum), numpy.int32(in_kernel)))
                 if running and not in_kernel:
-                    m = N * L
-                    for stat, value in ((running_mean, mean), (running_var, var * dt.type(m / max(m - 1, 1)))):
-                        mom = stat.dtype.type(momentum)
-                        stat *= 1 - mom
-                        stat += mom * value.astype(stat.dtype)
+                    move_running_stats(running_mean, running_var, mean, var, N * L, momentum)
             else:
                 mean, invstd = rm, 1 / xp.sqrt(rv + dt.type(eps))
             y, xhat = xp.empty_like(x), xp.empty_like(x)

@@ -168,28 +168,6 @@ class Optimizer:
             t = state[name] = Tensor._make(p.device.backend.xp.zeros_like(p.data), p.device)
         return t.data
 
-    @staticmethod
-    def _ema(xp, avg, x, decay, tmp):
-        """``avg = decay * avg + (1 - decay) * x`` in place (``x`` may be ``tmp``)."""
-        c = avg.dtype.type
-        avg *= c(decay)
-        avg += xp.multiply(x, c(1 - decay), out=tmp)
-
-    @staticmethod
-    def _effective_grad(p, g, out, weight_decay=0.0, maximize=False):
-        """``(-g if maximize else g) + weight_decay * p``: ``g`` itself, or written to ``out``."""
-        if not weight_decay and not maximize:
-            return g
-        xp = p.device.backend.xp
-        if not weight_decay:
-            return xp.negative(g, out=out)
-        xp.multiply(p.data, p.dtype.type(weight_decay), out=out)
-        if maximize:
-            out -= g
-        else:
-            out += g
-        return out
-
     # ---- checkpoints --------------------------------------------------------
     def state_dict(self):
         """The optimizer's state in PyTorch's layout.

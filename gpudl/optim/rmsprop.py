@@ -1,6 +1,7 @@
 """RMSprop, optionally centered and with momentum."""
 from __future__ import annotations
 
+from ..backend._shared import direction, ema
 from .optimizer import Optimizer, check_number
 
 
@@ -34,11 +35,11 @@ class RMSprop(Optimizer):
         s, t = self._scratch(p)
         v = self._buffer(state, "square_avg", p)
         state["step"] = state.get("step", 0) + 1
-        g = self._effective_grad(p, g, s, group["weight_decay"], group["maximize"])
-        self._ema(xp, v, xp.multiply(g, g, out=t), alpha, t)
+        g = direction(xp, p.data, g, s, group["weight_decay"], group["maximize"])
+        ema(xp, v, xp.multiply(g, g, out=t), alpha, t)
         if group["centered"]:
             a = self._buffer(state, "grad_avg", p)
-            self._ema(xp, a, g, alpha, t)
+            ema(xp, a, g, alpha, t)
             denom = xp.sqrt(xp.subtract(v, xp.multiply(a, a, out=t), out=t), out=t)
         else:
             denom = xp.sqrt(v, out=t)
