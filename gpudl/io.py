@@ -8,10 +8,12 @@ so a crash never leaves a half-written checkpoint, and are read with
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 import zipfile
+from pathlib import Path
 
 import numpy
 
@@ -75,27 +77,38 @@ def _decode(obj, npz, device):
     return {k: _decode(v, npz, device) for k, v in obj.items()}
 
 
+@contextlib.contextmanager
+def atomic_write(path, mode="wb", perms=None):
+    """Open a temporary file beside ``path``; rename it onto ``path`` only on success.
+
+    Readers never see a half-written file; on an exception (Ctrl-C included)
+    the temporary file is removed and ``path`` keeps what it had.  ``perms``:
+    the file's mode bits (None keeps ``mkstemp``'s private 0o600).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}.")
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        if perms is not None:
+            os.chmod(tmp, perms)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def save(obj, path):
     """Write ``obj`` (tensors, arrays and plain containers of them) to ``path`` atomically."""
-    path = os.fspath(path)
     arrays = {}
     manifest = {"format": FORMAT, "root": _encode(obj, arrays)}
     arrays[_MANIFEST] = numpy.frombuffer(json.dumps(manifest).encode("utf-8"), dtype=numpy.uint8)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            numpy.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_write(os.fspath(path)) as f:
+        numpy.savez(f, **arrays)
 
 
 def load(path, map_location=None):

@@ -14,19 +14,19 @@ Every dataset module (:mod:`.mnist`, ``cifar10``) uses the same steps:
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import os
 import pickle
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 import numpy
+
+from .. import io as _io
 
 ENV_VAR = "GPUDL_DATA"
 DEFAULT_ROOT = "~/.cache/gpudl"
@@ -73,27 +73,9 @@ def find_file(dirs, filename, suffixes=("", ".gz")):
 
 # ---- writing and checking ---------------------------------------------------------
 
-@contextlib.contextmanager
 def atomic_write(path, mode="wb"):
-    """Open a temporary file beside ``path``; rename it onto ``path`` only on success.
-
-    Readers never see a half-written file; on an exception the temporary file
-    is removed and ``path`` keeps what it had.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; data files are for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """:func:`gpudl.io.atomic_write` for data files, readable by everyone (0o644)."""
+    return _io.atomic_write(path, mode, perms=0o644)
 
 
 def sha256_file(path):
