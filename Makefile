@@ -40,8 +40,10 @@ gpu-check:
 
 # Copy the MNIST cache into .gpu-data/ (ignored by git) to carry to a GPU machine without network.
 gpu-data: $(STAMP)
-	$(BIN)/python -c "import gpudl.data as d; d.mnist('train'); d.mnist('test')"
-	mkdir -p .gpu-data/mnist && cp $${GPUDL_DATA:-$$HOME/.cache/gpudl}/mnist/*-ubyte* .gpu-data/mnist/
+	$(BIN)/python -c "import importlib, pathlib, shutil; m = importlib.import_module('gpudl.data.mnist'); \
+	  out = pathlib.Path('.gpu-data/mnist'); out.mkdir(parents=True, exist_ok=True); \
+	  [shutil.copy(p, out) for s in ('train', 'test') if m.mnist(s) is not None \
+	   for p in m._find_split(m.search_dirs(None, 'mnist'), s)]"
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -12,28 +12,14 @@ one grid to ``<out>/templates.png``: top row SVM, bottom row softmax.
 """
 import argparse
 import os
-import struct
 import time
-import zlib
 
 import numpy as np
 
 import gpudl
 import gpudl.data
 from gpudl.classic import LinearClassifier
-
-
-def write_png(path, rgb):
-    """An 8-bit RGB PNG of the (H, W, 3) uint8 array, with nothing but zlib."""
-    h, w, _ = rgb.shape
-    raw = b"".join(b"\x00" + rgb[i].tobytes() for i in range(h))
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-                + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+from visualize_filters import save_png
 
 
 def template_grid(rows, scale=3, pad=2):
@@ -87,7 +73,7 @@ def main():
 
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "templates.png")
-    write_png(path, template_grid(templates))
+    save_png(path, template_grid(templates))
     print(f"templates (top: SVM, bottom: softmax; digits 0-9): {path}")
 
 

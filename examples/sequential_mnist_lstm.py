@@ -11,23 +11,9 @@ import argparse
 import time
 
 import gpudl
-from gpudl import data, models, nn, optim
+from gpudl import data, models, optim
 from gpudl.optim.lr_scheduler import OneCycleLR
 from gpudl.train import Trainer
-
-
-class ClipGradNorm:
-    """An optimizer that clips the gradients' joint norm before each step (delegates the rest)."""
-
-    def __init__(self, optimizer, parameters, max_norm):
-        self.optimizer, self.parameters, self.max_norm = optimizer, list(parameters), max_norm
-
-    def step(self):
-        nn.utils.clip_grad_norm_(self.parameters, self.max_norm)
-        self.optimizer.step()
-
-    def __getattr__(self, name):
-        return getattr(self.optimizer, name)
 
 
 def main():
@@ -59,9 +45,8 @@ def main():
           f"28 rows of 28 pixels")
     opt = optim.Adam(model.parameters(), lr=args.lr)
     sched = OneCycleLR(opt, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=len(train))
-    if args.clip > 0:
-        opt = ClipGradNorm(opt, model.parameters(), args.clip)
-    trainer = Trainer(model, opt, scheduler=sched, scheduler_step="batch", out_dir=args.out)
+    trainer = Trainer(model, opt, scheduler=sched, scheduler_step="batch", out_dir=args.out,
+                      clip_grad_norm=args.clip or None)
     t0 = time.perf_counter()
     history = trainer.fit(train, args.epochs, val_loader=test, resume=args.resume)
     print(f"test accuracy {history[-1]['val_acc']:.2%} after {history[-1]['epoch']} epochs on {dev} "

@@ -160,7 +160,8 @@ def cmd_train(args):
           f"{len(test_ds):,} test) on {dev}: {args.epochs} epochs, batch {args.batch_size}, "
           f"{args.optimizer} lr {args.lr}, schedule {args.schedule}")
     trainer = Trainer(model, opt, scheduler=sched, scheduler_step=when, out_dir=out,
-                      progress=not args.no_progress, early_stopping=args.early_stopping)
+                      progress=not args.no_progress, early_stopping=args.early_stopping,
+                      clip_grad_norm=args.clip_grad_norm)
     t0 = time.perf_counter()
     try:
         trainer.fit(train_loader, args.epochs, val_loader=test_loader, resume=args.resume)
@@ -210,6 +211,8 @@ def build_parser():
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--early-stopping", type=int, default=None, metavar="EPOCHS")
+    t.add_argument("--clip-grad-norm", type=float, default=None, metavar="MAX_NORM",
+                   help="clip the gradients' joint norm before each step")
     t.add_argument("--data-root", default=None)
     t.add_argument("--limit", type=int, default=None, help="use only the first N train and test examples")
     t.add_argument("--min-accuracy", type=float, default=None, help="exit 1 if the final test accuracy is lower")

@@ -25,6 +25,7 @@ import numpy
 from . import io, random as _random
 from .autograd import no_grad
 from .nn import functional as F
+from .nn.utils import clip_grad_norm_
 
 
 def _atomic_write_text(path, text):
@@ -78,14 +79,17 @@ class Trainer:
 
     ``loss_fn(logits, target)`` defaults to cross-entropy. ``scheduler_step``
     is "epoch" (StepLR, cosine over epochs) or "batch" (OneCycleLR, warm-up).
-    ``early_stopping``: stop after that many epochs without a better
+    ``clip_grad_norm``: scale the gradients to at most this joint norm before
+    every step (None: no clipping).  ``early_stopping``: stop after that many epochs without a better
     validation loss (the best weights are kept in ``best.npz``).
     """
 
     def __init__(self, model, optimizer, loss_fn=None, scheduler=None, scheduler_step="epoch",
-                 out_dir=None, progress=True, early_stopping=None, log=print):
+                 out_dir=None, progress=True, early_stopping=None, log=print, clip_grad_norm=None):
         if scheduler_step not in ("epoch", "batch"):
             raise ValueError(f"Trainer: expected scheduler_step 'epoch' or 'batch', got {scheduler_step!r}")
+        if clip_grad_norm is not None and not clip_grad_norm > 0:
+            raise ValueError(f"Trainer: expected clip_grad_norm > 0 or None, got {clip_grad_norm!r}")
         self.model = model
         self.optimizer = optimizer
         self.loss_fn = loss_fn or F.cross_entropy
@@ -94,6 +98,7 @@ class Trainer:
         self.out_dir = out_dir
         self.progress = progress
         self.early_stopping = early_stopping
+        self.clip_grad_norm = clip_grad_norm
         self.log = log or (lambda *a, **k: None)
         self.history = []
         self.epoch = 0
@@ -121,6 +126,8 @@ class Trainer:
             loss = self.loss_fn(logits, y)
             self.optimizer.zero_grad()
             loss.backward()
+            if self.clip_grad_norm is not None:
+                clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
             self.optimizer.step()
             if self.scheduler is not None and self.scheduler_step == "batch":
                 self.scheduler.step()

@@ -163,3 +163,25 @@ def test_cli_errors_and_help(tiny_mnist):
         assert name in r.stdout
     r = _cli(["info"], {"GPUDL_DEVICE": "cpu"}, tiny_mnist)
     assert r.returncode == 0 and "NumPy" in r.stdout and "conv2d.cu" in r.stdout
+
+
+def test_trainer_clips_gradients_before_each_step(tiny_mnist):
+    dev = gpudl.device("cpu")
+    train, _ = _loaders(dev)
+    gpudl.manual_seed(0)
+    model = models.create("lenet5")
+    before = [p.numpy().copy() for p in model.parameters()]
+    norms = []
+    opt = optim.SGD(model.parameters(), lr=1.0)
+    step = opt.step
+
+    def recording_step():
+        norms.append(np.sqrt(sum((p.grad.numpy().astype(np.float64) ** 2).sum() for p in model.parameters())))
+        step()
+    opt.step = recording_step
+    Trainer(model, opt, progress=False, log=None, clip_grad_norm=1e-3).fit(train, 1)
+    assert len(norms) == len(train) and max(norms) <= 1e-3 * (1 + 1e-4)
+    moved = np.sqrt(sum(((p.numpy() - b) ** 2).sum() for p, b in zip(model.parameters(), before)))
+    assert 0 < moved <= len(train) * 1e-3 * (1 + 1e-4)
+    with pytest.raises(ValueError, match="clip_grad_norm > 0"):
+        Trainer(model, opt, clip_grad_norm=0)

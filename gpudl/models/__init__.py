@@ -8,32 +8,29 @@ from .vgg import vgg11, vgg16, VGG  # noqa: F401
 from .resnet import resnet18, resnet20, resnet32, resnet56, resnet_cifar, ResNet, BasicBlock  # noqa: F401
 from .rnn import lstm_classifier, LSTMClassifier  # noqa: F401
 
+_MNIST, _CIFAR = (1, 28, 28), (3, 32, 32)
 # name -> (constructor, expected input shape without the batch axis, description)
-_REGISTRY = {
-    "mlp": (lambda num_classes=10, **kw: mlp(784, (256,), num_classes, **kw), (1, 28, 28),
-            "fully connected 784-256-10 with ReLU (flattens its input)"),
-    "lenet5": (lambda num_classes=10, **kw: lenet5(num_classes, **kw), (1, 28, 28),
-               "LeNet-5: conv5(pad 2)-pool-conv5-pool-fc120-fc84-fc10"),
-}
+_REGISTRY = {name: (fn, shape, desc) for name, fn, shape, desc in (
+    ("mlp", lambda num_classes=10, **kw: mlp(784, (256,), num_classes, **kw), _MNIST,
+     "fully connected 784-256-10 with ReLU (flattens its input)"),
+    ("lenet5", lenet5, _MNIST, "LeNet-5: conv5(pad 2)-pool-conv5-pool-fc120-fc84-fc10"),
+    ("lstm", lstm_classifier, _MNIST,
+     "sequential MNIST: LSTM(28->128) over the 28 rows, Linear(128->10) on the last h"),
+    ("cifar_cnn", cifar_cnn, _CIFAR, "small CIFAR CNN: conv3x3 32-32-pool-64-64-pool-fc256-fc10 (1.12M)"),
+    ("alexnet_cifar", alexnet_cifar, _CIFAR, "AlexNet's 5 conv + 3 fc scaled to 32x32 (7.51M)"),
+    ("vgg11", vgg11, _CIFAR, "VGG-11 with BatchNorm, CIFAR head (9.23M)"),
+    ("vgg16", vgg16, _CIFAR, "VGG-16 with BatchNorm, CIFAR head (14.73M)"),
+    ("resnet20", resnet20, _CIFAR, "CIFAR ResNet-20, 16/32/64 channels, option-A shortcuts (0.27M)"),
+    ("resnet32", resnet32, _CIFAR, "CIFAR ResNet-32, option-A shortcuts (0.46M)"),
+    ("resnet56", resnet56, _CIFAR, "CIFAR ResNet-56, option-A shortcuts (0.85M)"),
+    ("resnet18", resnet18, _CIFAR, "ResNet-18 (BasicBlock) for 32x32: 3x3 stem, no max pool (11.17M)"),
+)}
 
 
 def register(name, constructor, input_shape, description):
-    """Add a model to the registry (used by the model families' modules)."""
+    """Add a model of your own: ``constructor(num_classes=..., **kwargs)`` builds it; then
+    :func:`create` and ``gpudl train --model NAME`` know it."""
     _REGISTRY[name] = (constructor, tuple(input_shape), description)
-
-
-_CIFAR = (3, 32, 32)
-for _name, _fn, _desc in (
-    ("cifar_cnn", cifar_cnn, "small CIFAR CNN: conv3x3 32-32-pool-64-64-pool-fc256-fc10 (1.12M)"),
-    ("alexnet_cifar", alexnet_cifar, "AlexNet's 5 conv + 3 fc scaled to 32x32 (7.51M)"),
-    ("vgg11", vgg11, "VGG-11 with BatchNorm, CIFAR head (9.23M)"),
-    ("vgg16", vgg16, "VGG-16 with BatchNorm, CIFAR head (14.73M)"),
-    ("resnet20", resnet20, "CIFAR ResNet-20, 16/32/64 channels, option-A shortcuts (0.27M)"),
-    ("resnet32", resnet32, "CIFAR ResNet-32, option-A shortcuts (0.46M)"),
-    ("resnet56", resnet56, "CIFAR ResNet-56, option-A shortcuts (0.85M)"),
-    ("resnet18", resnet18, "ResNet-18 (BasicBlock) for 32x32: 3x3 stem, no max pool (11.17M)"),
-):
-    register(_name, _fn, _CIFAR, _desc)
 
 
 def names():
@@ -60,7 +57,3 @@ def _get(name):
 def create(name, num_classes=10, **kwargs):
     """A freshly initialised model by name (see :func:`names`)."""
     return _get(name)[0](num_classes=num_classes, **kwargs)
-
-
-register("lstm", lstm_classifier, (1, 28, 28),
-         "sequential MNIST: LSTM(28->128) over the 28 rows, Linear(128->10) on the last h")

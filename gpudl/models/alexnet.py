@@ -1,6 +1,6 @@
 """Plain CNNs for 3x32x32 images: AlexNet scaled to CIFAR, and a small CIFAR CNN.
 
-Also holds what the CIFAR model families share: :func:`check_input` (the
+Also holds what the model families share: :func:`check_input` (the
 shape error every model gives) and :func:`kaiming_init_` (He et al. 2015).
 """
 from __future__ import annotations

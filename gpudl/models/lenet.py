@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .. import nn
+from .alexnet import check_input
 
 
 class LeNet5(nn.Module):
@@ -24,9 +25,7 @@ class LeNet5(nn.Module):
         )
 
     def forward(self, x):
-        if x.ndim != 4 or x.shape[1:] != (self.features[0].in_channels, 28, 28):
-            raise ValueError(f"LeNet5: expected input of shape (N, {self.features[0].in_channels}, 28, 28), "
-                             f"got {x.shape}")
+        check_input(self, x, (self.features[0].in_channels, 28, 28))
         return self.classifier(self.features(x))
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .. import nn
+from .alexnet import check_input
 
 
 class LSTMClassifier(nn.Module):
@@ -19,10 +20,7 @@ class LSTMClassifier(nn.Module):
         self.fc = nn.Linear(hidden_size, num_classes)
 
     def forward(self, x):
-        shape = (self.in_channels, self.rows, self.cols)
-        if x.ndim != 4 or x.shape[1:] != shape:
-            raise ValueError(f"LSTMClassifier: expected images of shape (N, {', '.join(map(str, shape))}), "
-                             f"got {x.shape}")
+        check_input(self, x, (self.in_channels, self.rows, self.cols))
         seq = x.permute(0, 2, 1, 3).reshape(x.shape[0], self.rows, -1) if self.in_channels > 1 \
             else x.reshape(x.shape[0], self.rows, self.cols)
         _, (h, _) = self.rnn(seq)
