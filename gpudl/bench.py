@@ -56,29 +56,36 @@ def _timed(fn, sync, inner=1):
     return (time.perf_counter() - t0) / inner
 
 
+def time_alternately(runners, repeat, warmup=2, settle=0.12, inner=1):
+    """{name: [seconds, ...]} for ``runners`` {name: (fn, sync)}: each warmed up, then all
+    timed in turn ``repeat`` times with a pause between samples.  Each sample is the
+    mean of ``inner`` back-to-back calls (a training loop runs warm; a single call after
+    the pause measures a cold start)."""
+    for fn, sync in runners.values():
+        for _ in range(warmup):
+            fn()
+            sync()
+        time.sleep(settle)
+    times = {name: [] for name in runners}
+    for _ in range(repeat):
+        for name, (fn, sync) in runners.items():
+            times[name].append(_timed(fn, sync, inner))
+            time.sleep(settle)
+    return times
+
+
 def compare(cases, repeat, warmup=2, settle=0.12, inner=1):
-    """Time each case's ``ours`` and ``peer`` alternately; medians in ms.
+    """Time each case's ``ours`` and ``peer`` alternately (:func:`time_alternately`); medians in ms.
 
     cases: dicts with ``name``, ``ours`` (callable), ``ours_sync``, and
-    optionally ``peer`` / ``peer_sync``.  Each sample is the mean of
-    ``inner`` back-to-back calls (a training loop runs warm; a single call
-    after the pause measures a cold start).  Returns a list of result dicts.
+    optionally ``peer`` / ``peer_sync``.  Returns a list of result dicts.
     """
     results = []
     for c in cases:
-        runners = [("ours", c["ours"], c.get("ours_sync") or (lambda: None))]
+        runners = {"ours": (c["ours"], c.get("ours_sync") or (lambda: None))}
         if c.get("peer") is not None:
-            runners.append(("peer", c["peer"], c.get("peer_sync") or (lambda: None)))
-        times = {k: [] for k, _, _ in runners}
-        for _, fn, sync in runners:
-            for _ in range(warmup):
-                fn()
-                sync()
-            time.sleep(settle)
-        for _ in range(repeat):
-            for k, fn, sync in runners:
-                times[k].append(_timed(fn, sync, inner))
-                time.sleep(settle)
+            runners["peer"] = (c["peer"], c.get("peer_sync") or (lambda: None))
+        times = time_alternately(runners, repeat, warmup, settle, inner)
         r = {"name": c["name"], "shape": c.get("shape", ""),
              "gpudl_ms": statistics.median(times["ours"]) * 1e3,
              "gpudl_min_ms": min(times["ours"]) * 1e3}

@@ -16,7 +16,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 
 
 def build_parser():
@@ -35,22 +34,6 @@ def build_parser():
     p.add_argument("--no-sklearn", action="store_true", help="time gpudl only")
     p.add_argument("--seed", type=int, default=0, help="seed of the random data (default 0)")
     return p
-
-
-def _time_alternately(runners, repeat, warmup=2, settle=0.1):
-    """{name: [seconds, ...]}: each runner ``warmup`` times, then all in turn ``repeat`` times."""
-    for fn in runners.values():
-        for _ in range(warmup):
-            fn()
-        time.sleep(settle)
-    times = {name: [] for name in runners}
-    for _ in range(repeat):
-        for name, fn in runners.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-            time.sleep(settle)
-    return times
 
 
 def main(argv=None):
@@ -102,7 +85,8 @@ def main(argv=None):
 
         runners["sklearn"] = peer
 
-    times = _time_alternately(runners, args.repeat)
+    from .bench import time_alternately
+    times = time_alternately({name: (fn, lambda: None) for name, fn in runners.items()}, args.repeat)
     res = {f"{name}_ms": statistics.median(ts) * 1e3 for name, ts in times.items()}
     res.update({f"{name}_min_ms": min(ts) * 1e3 for name, ts in times.items()})
     if sklearn is not None:
