@@ -82,12 +82,21 @@ def cross_entropy(input, target, reduction="mean", label_smoothing=0.0, ignore_i
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"{op}: expected 0 <= label_smoothing <= 1, got {label_smoothing}")
     ignore, has_ignored = _check_target(input, target, op, ignore_index)
-    xp = input.device.backend.xp
-    labels = xp.where(ignore, 0, target.data) if has_ignored else target.data
-    loss = SoftmaxCrossEntropy.apply(input, labels, float(label_smoothing))
+    labels = _labels(target, ignore, has_ignored)
+    return _reduce_kept(SoftmaxCrossEntropy.apply(input, labels, float(label_smoothing)),
+                        ignore, has_ignored, reduction, op)
+
+
+def _labels(target, ignore, has_ignored):
+    """The target's classes, ignored rows pointed at class 0 (their loss is dropped after)."""
+    return target.device.backend.xp.where(ignore, 0, target.data) if has_ignored else target.data
+
+
+def _reduce_kept(loss, ignore, has_ignored, reduction, op):
+    """Reduce per-row ``loss`` over the rows not ignored ("mean" divides by their count)."""
     if not has_ignored:
         return _reduce(loss, reduction, op)
-    keep = Tensor._make((~ignore).astype(input.dtype), input.device)
+    keep = Tensor._make((~ignore).astype(loss.dtype), loss.device)
     return _reduce(loss * keep, reduction, op, count=keep.sum())
 
 
@@ -123,13 +132,10 @@ def multiclass_hinge_loss(input, target, margin=1.0, reduction="mean"):
 
 def nll_loss(input, target, reduction="mean", ignore_index=-100):
     """Negative log-likelihood of log-probabilities (N, C) at class indices (N,)."""
-    ignore, _ = _check_target(input, target, "nll_loss", ignore_index)
-    xp = input.device.backend.xp
-    labels = xp.where(ignore, 0, target.data)
-    rows = xp.arange(input.shape[0])
-    picked = -input[rows, labels]
-    keep = Tensor._make((~ignore).astype(input.dtype), input.device)
-    return _reduce(picked * keep, reduction, "nll_loss", count=keep.sum())
+    ignore, has_ignored = _check_target(input, target, "nll_loss", ignore_index)
+    labels = _labels(target, ignore, has_ignored)
+    picked = -input[input.device.backend.xp.arange(input.shape[0]), labels]
+    return _reduce_kept(picked, ignore, has_ignored, reduction, "nll_loss")
 
 
 def _check_same(input, target, op):

@@ -443,13 +443,11 @@ class ValuesIndices(tuple):
 
 
 class MaxMinDim(Function):
-    """max/min along one axis; the gradient goes to the returned index only."""
+    """max/min along one axis at the given indices (kept dim); the gradient goes to them only."""
 
     @staticmethod
-    def forward(ctx, x, axis, keepdim, is_max):
+    def forward(ctx, x, idx, axis, keepdim):
         xp = ctx.xp
-        idx = (x.argmax if is_max else x.argmin)(axis=axis)
-        idx = xp.expand_dims(idx, axis)
         ctx.save_for_backward(idx)
         ctx.shape, ctx.axis, ctx.keepdim = x.shape, axis, keepdim
         vals = xp.take_along_axis(x, idx, axis=axis)
@@ -473,11 +471,11 @@ def _max_min(x, dim, keepdim, is_max):
     if x.numel() == 0:
         raise ValueError(f"{op}: expected a non-empty tensor, got shape {x.shape}")
     if isinstance(dim, numbers.Integral):
-        out = MaxMinDim.apply(x, axes[0], keepdim, is_max)
-        idx = ((x.data.argmax if is_max else x.data.argmin)(axis=axes[0]))
-        if keepdim:
-            idx = x.device.backend.xp.expand_dims(idx, axes[0])
-        return ValuesIndices(out, Tensor._make(idx.astype("int64"), x.device))
+        axis = axes[0]
+        idx = x.device.backend.xp.expand_dims((x.data.argmax if is_max else x.data.argmin)(axis=axis), axis)
+        out = MaxMinDim.apply(x, idx, axis, keepdim)       # the index found once, for both
+        return ValuesIndices(out, Tensor._make((idx if keepdim else idx.squeeze(axis)).astype("int64"),
+                                               x.device))
     return MaxMin.apply(x, axes, keepdim, is_max)
 
 

@@ -326,25 +326,29 @@ class _Scan:
             self.be.lstm_cell_forward(gates, c_prev, out=(self.out[t], self.cs[t], self.saved[t]))
             ctx.c_prev = c_prev
             return self.out[t]
-        hg = xp.matmul(h_prev, self.wT) if h_prev is not None else None
         if self.mode == "gru":
-            if hg is None:                          # h_prev = 0: gh = b_hh
+            if h_prev is None:                      # h_prev = 0: gh = b_hh
                 hg = xp.zeros((self.N, self.G), dtype=self.dtype)
+            else:
+                hg = xp.matmul(h_prev, self.wT)
             if self.b is not None:
                 hg += self.b
             hp = self.zeros if h_prev is None else h_prev
             h, saved = _gru_forward(xp, x_t, hg, hp)
             ctx.saved = (hp,) + saved
+            self.out[t] = h
+            return self.out[t]
+        h = self.out[t]                             # computed in place (h_prev is another row)
+        if h_prev is None:
+            h[...] = x_t
         else:
-            h = x_t.copy() if hg is None else hg
-            if hg is not None:
-                h += x_t
-            if self.mode == "rnn_tanh":
-                xp.tanh(h, out=h)
-            else:
-                xp.maximum(h, 0, out=h)
-        self.out[t] = h
-        return self.out[t]
+            xp.matmul(h_prev, self.wT, out=h)
+            h += x_t
+        if self.mode == "rnn_tanh":
+            xp.tanh(h, out=h)
+        else:
+            xp.maximum(h, 0, out=h)
+        return h
 
     # -- backward of one step -----------------------------------------------------------
     def _grad_buffers(self, t=None):
@@ -391,8 +395,13 @@ class _Scan:
                 hp, *saved = ctx.saved
                 gx_all[t], gh_all[t], direct = _gru_backward(xp, g, saved, hp)
             else:
-                h = self.out[t]
-                gx_all[t] = g * (1 - h * h) if self.mode == "rnn_tanh" else g * (h > 0)
+                h, gxt = self.out[t], gx_all[t]
+                if self.mode == "rnn_tanh":         # g * (1 - h^2), written in place
+                    xp.multiply(h, h, out=gxt)
+                    xp.subtract(1, gxt, out=gxt)
+                    gxt *= g
+                else:
+                    xp.multiply(g, h > 0, out=gxt)
         gh_prev = None
         if need_h and ctx.has_h:
             gh_prev = xp.matmul(gh_all[t], self.w)
