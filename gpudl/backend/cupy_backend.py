@@ -703,8 +703,6 @@ class _Backend:
     def _update(self, op, p, g, state, scalars):
         """Launch ``op`` on p, g and the state arrays; write back any strided operand."""
         with self._scope():
-            if not self.is_array(p):
-                raise TypeError(f"{op} p: expected a {self.name} array, got {type(p).__name__}")
             g_shape = tuple(getattr(g, "shape", ()))
             g = self._array(g, f"{op} g")
             (pc, *st), back = self._state_arrays(op, p, [("p", p)] + state)

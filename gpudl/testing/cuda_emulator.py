@@ -23,6 +23,7 @@ The shared library is cached on disk (``$GPUDL_EMU_CACHE`` or
 memory, so a second ``compile_module`` never runs the compiler.
 """
 import ctypes
+import functools
 import hashlib
 import operator
 import os
@@ -333,6 +334,7 @@ _LAUNCH_ARGTYPES = [ctypes.c_uint * 3, ctypes.c_uint * 3, ctypes.c_size_t,
                     ctypes.POINTER(ctypes.c_void_p), ctypes.c_int]
 
 
+@functools.lru_cache(maxsize=None)
 def _compatible(param, dtype):
     """Whether a parameter code ("f4", "i8", "x16", ...) takes values of `dtype`.
 
@@ -377,27 +379,28 @@ class EmulatedFunction:
         return dims
 
     def _arg(self, i, a, param):
-        where = "%s argument %d (kernel parameter %s)" % (self.name, i, param)
+        def where():        # the message is built only for an error (this runs per argument and launch)
+            return "%s argument %d (kernel parameter %s)" % (self.name, i, param)
         if isinstance(a, numpy.ndarray):
             if not a.flags.c_contiguous:
                 raise ValueError("%s: array is not C-contiguous (a kernel gets only a pointer; "
-                                 "pass numpy.ascontiguousarray(x))" % where)
+                                 "pass numpy.ascontiguousarray(x))" % where())
             if param[0] != "p":
-                raise TypeError("%s: got an array where the kernel takes a value" % where)
+                raise TypeError("%s: got an array where the kernel takes a value" % where())
             if param != "p?" and not _compatible(param[1:], a.dtype):
                 raise TypeError("%s: array of %s does not match the pointer's element type"
-                                % (where, a.dtype))
+                                % (where(), a.dtype))
             return ctypes.c_void_p(a.ctypes.data)
         if isinstance(a, (bool, int, float)) and not isinstance(a, numpy.generic):
             raise TypeError("%s: Python %s %r; pass a numpy scalar such as numpy.int32 or "
                             "numpy.float32 (CuPy would pass it as a 64-bit long long/double)"
-                            % (where, type(a).__name__, a))
+                            % (where(), type(a).__name__, a))
         if isinstance(a, numpy.generic):
             if param[0] == "p" or not _compatible(param, a.dtype):
-                raise TypeError("%s: numpy.%s does not match" % (where, a.dtype))
+                raise TypeError("%s: numpy.%s does not match" % (where(), a.dtype))
             data = a.tobytes()
             return ctypes.create_string_buffer(data, max(8, len(data)))
-        raise TypeError("%s: unsupported argument type %s" % (where, type(a).__name__))
+        raise TypeError("%s: unsupported argument type %s" % (where(), type(a).__name__))
 
     def __call__(self, grid, block, args, shared_mem=0, stream=None):
         """Launch: checks the configuration and arguments first, as CUDA (or a
