@@ -23,8 +23,8 @@ def run_gpudl(train_x, train_y, test_x, test_y, epochs, batch, lr, device):
     dev = gpudl.device(device)
     norm = data.Normalize(0.1307, 0.3081)
     train = data.DataLoader(data.TensorDataset(train_x, train_y), batch, shuffle=True, seed=0, device=dev,
-                            transform=lambda x: norm(x.astype("float32") / 255.0))
-    tx = norm(gpudl.tensor(test_x, device=dev).astype("float32") / 255.0)
+                            transform=data.Compose([data.ToFloat(), norm]))
+    tx = norm(data.ToFloat()(gpudl.tensor(test_x, device=dev)))
     ty = gpudl.tensor(test_y, device=dev)
     model = models.lenet5().to(dev)
     opt = optim.Adam(model.parameters(), lr=lr)

@@ -641,3 +641,21 @@ def test_standardize_per_channel_fitted_on_device(device):
     close(whole(test), (test - train.mean()) / train.std(), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match=r"axis=5 does not suit data of shape \(10, 3, 4, 4\)"):
         T.Standardize(axis=5).fit(train)
+
+
+def test_image_batches_travel_as_bytes_and_match_get_batch(device, tmp_path):
+    """The loader takes uint8 pixels from get_raw_batch and makes them float32 on the device:
+    the same values as get_batch gives on the host (a Subset passes both through)."""
+    rng = np.random.default_rng(7)
+    images = rng.integers(0, 256, (10, 28, 28), dtype=np.uint8)
+    D.write_idx(tmp_path / "train-images-idx3-ubyte.gz", images)
+    D.write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(10, dtype=np.uint8))
+    ds = D.mnist("train", root=tmp_path, download=False)
+    raw, _ = ds.get_raw_batch(np.arange(3))
+    assert raw.dtype == np.uint8
+    for source in (ds, D.Subset(ds, [9, 2, 5, 0])):
+        (x, y), = list(D.DataLoader(source, batch_size=len(source), device=device))
+        want_x, want_y = source.get_batch(np.arange(len(source)))
+        assert x.device == device and x.dtype == np.float32
+        np.testing.assert_array_equal(x.numpy(), want_x)
+        np.testing.assert_array_equal(y.numpy(), want_y)

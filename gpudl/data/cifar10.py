@@ -315,10 +315,8 @@ class CIFAR10(ImageDataset):
     ``images``: (N, 3, 32, 32) uint8, RGB planes; ``labels``: (N,) int64;
     ``classes``: the 10 class names.  Samples and batches (``ds[i]``,
     ``get_batch(indices)``) give images as float32 in [0, 1].  Augmentation
-    (:mod:`gpudl.data.augment`) runs on the loader's device, on whole batches.
-    To move bytes rather than floats to a GPU, batch the raw arrays and
-    convert there: ``DataLoader(TensorDataset(ds.images, ds.labels),
-    device="cuda", transform=Compose([ToFloat(), RandomCrop(32, 4), ...]))``.
+    (:mod:`gpudl.data.augment`) runs on the loader's device, on whole batches;
+    a DataLoader moves the bytes and converts them there (``get_raw_batch``).
     """
 
     shape = SHAPE

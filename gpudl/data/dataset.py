@@ -108,13 +108,21 @@ class Subset(Dataset):
     def __getitem__(self, index):
         return self.dataset[int(self.indices[index])]
 
+    def _parent(self, name):
+        parent = getattr(self.dataset, name, None)
+        if parent is None:
+            raise AttributeError(f"{type(self.dataset).__name__} has no {name}")
+        return lambda indices: parent(self.indices[indices])
+
     @property
     def get_batch(self):
         """The parent's ``get_batch`` through these indices (absent when the parent has none)."""
-        parent = getattr(self.dataset, "get_batch", None)
-        if parent is None:
-            raise AttributeError(f"{type(self.dataset).__name__} has no get_batch")
-        return lambda indices: parent(self.indices[indices])
+        return self._parent("get_batch")
+
+    @property
+    def get_raw_batch(self):
+        """The parent's ``get_raw_batch`` through these indices (absent when the parent has none)."""
+        return self._parent("get_raw_batch")
 
     def __repr__(self):
         return f"Subset({self.dataset!r}, {len(self)} samples)"

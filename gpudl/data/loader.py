@@ -12,6 +12,7 @@ import numpy
 
 from ..tensor import Tensor, _default_device, _infer_dtype
 from .dataset import make_rng
+from .transforms import to_float
 
 
 def _stack_field(values, k):
@@ -105,16 +106,22 @@ class DataLoader:
         return self._generator.permutation(n)
 
     def _fetch(self, indices):
+        """(fields, raw): raw when the first field is stored pixels that ``to_float`` makes floats."""
+        get_raw = getattr(self.dataset, "get_raw_batch", None)
+        if get_raw is not None:
+            return get_raw(indices), True
         get_batch = getattr(self.dataset, "get_batch", None)
         if get_batch is not None:
             fields = get_batch(indices)
-            return fields if isinstance(fields, tuple) else (fields,)
-        return _stack([self.dataset[int(i)] for i in indices])
+            return (fields if isinstance(fields, tuple) else (fields,)), False
+        return _stack([self.dataset[int(i)] for i in indices]), False
 
-    def _to_device(self, fields):
+    def _to_device(self, fields, raw=False):
         dev = self.device
         out = [f.detach().to(dev) if isinstance(f, Tensor) else Tensor._make(dev.backend.asarray(f), dev)
                for f in fields]
+        if raw:     # the pixels travel as bytes and become float32 on the device
+            out[0] = Tensor._make(to_float(dev.backend.xp, out[0].data), dev)
         for k, fn in ((0, self.transform), (1, self.target_transform)):
             if fn is not None and k < len(out):
                 out[k] = fn(out[k])
@@ -126,7 +133,7 @@ class DataLoader:
         self._position, self._in_epoch = start, True
         b = self.batch_size
         for i in range(start, len(self)):
-            batch = self._to_device(self._fetch(order[i * b:(i + 1) * b]))
+            batch = self._to_device(*self._fetch(order[i * b:(i + 1) * b]))
             self._position = i + 1
             yield batch
         self._in_epoch = False

@@ -134,9 +134,8 @@ class MNIST(ImageDataset):
     ``images``: (N, 1, 28, 28) uint8 (read-only: it is the file's buffer);
     ``labels``: (N,) int64.  Samples and
     batches (``ds[i]``, ``get_batch(indices)``) give images as float32 in
-    [0, 1].  To move bytes rather than floats to a GPU, batch the raw arrays
-    and convert there: ``DataLoader(TensorDataset(ds.images, ds.labels),
-    device="cuda", transform=ToFloat())``.
+    [0, 1].  A DataLoader moves the bytes and converts them on its device
+    (``get_raw_batch``).
     """
 
     shape = (1, 28, 28)
