@@ -26,12 +26,9 @@ import time
 
 
 def get_backend(device):
-    """The backend object for ``device`` ("cpu" needs nothing but NumPy)."""
-    if device in (None, "cpu"):
-        from gpudl.backend import numpy_backend
-        return numpy_backend
+    """The backend object for ``device`` (None: the CPU)."""
     from gpudl.backend import resolve
-    return resolve(device).backend
+    return resolve(device or "cpu").backend
 
 
 def load_torch(threads):

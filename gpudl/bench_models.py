@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy
 
+from .bench import torch_device
+
 # name -> (batch, input shape, optimizer, gpudl model factory, torch model factory)
 MODELS = ("mlp", "lenet5", "lstm", "cifar_cnn", "resnet20")
 
@@ -107,7 +109,7 @@ def cases(device, torch, names=MODELS, seed=0):
         case = {"name": f"{name} train step", "shape": f"batch {batch}", "ours": ours,
                 "ours_sync": dev.backend.synchronize}
         if name in peers:
-            tdev = "cpu" if dev.type == "cpu" else "cuda"
+            tdev = torch_device(dev.type)
             tm = peers[name]().to(tdev)
             topt = (torch.optim.Adam(tm.parameters(), lr=1e-3) if opt_name == "adam"
                     else torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4))

@@ -115,8 +115,9 @@ class RandomCrop(RandomTransform):
             else:
                 a = xp.pad(a, widths, mode=self.padding_mode)
         # one gather: out[i, k, r, s] = a[i, k, oy[i] + r, ox[i] + s]
-        rows = be.asarray(oy)[:, None, None, None] + xp.arange(sh)[:, None]
-        cols = be.asarray(ox)[:, None, None, None] + xp.arange(sw)
+        offsets = be.asarray(self.last_offsets)             # one host-to-device copy
+        rows = offsets[:, 0, None, None, None] + xp.arange(sh)[:, None]
+        cols = offsets[:, 1, None, None, None] + xp.arange(sw)
         out = a[xp.arange(n)[:, None, None, None], xp.arange(c)[:, None, None], rows, cols]
         return Tensor._make(out, x.device)
 
