@@ -74,11 +74,16 @@ def norm_axis(axis, ndim, op):
     return tuple(out)
 
 
+def unreduce(g, axes, keepdims, ndim, xp):
+    """A reduction's gradient with the reduced axes put back (size 1) when they were dropped."""
+    if not keepdims and ndim and axes:
+        g = xp.expand_dims(g, axes)
+    return g
+
+
 def expand_reduced(g, axes, keepdims, shape, xp):
     """Broadcast a reduction's gradient back to the input shape."""
-    if not keepdims and len(shape):
-        g = xp.expand_dims(g, axes) if axes else g
-    return xp.broadcast_to(g, shape)
+    return xp.broadcast_to(unreduce(g, axes, keepdims, len(shape), xp), shape)
 
 
 def require_float(t, op):

@@ -9,7 +9,7 @@ import numpy
 
 from ..autograd import Function
 from ..tensor import Tensor, as_dtype
-from ._util import binary_operands, norm_axis, expand_reduced, require_float
+from ._util import binary_operands, norm_axis, expand_reduced, require_float, unreduce
 
 
 # ---- binary arithmetic (the engine reduces broadcast gradients) ---------------
@@ -82,32 +82,21 @@ class Pow(Function):
         return ga, gb
 
 
-class Maximum(Function):
-    """Where the two are equal the gradient is split evenly, as in PyTorch."""
+class Extremum(Function):
+    """Element-wise maximum (``is_max``) or minimum; where the two are equal the gradient
+    is split evenly, as in PyTorch."""
 
     @staticmethod
-    def forward(ctx, a, b):
+    def forward(ctx, a, b, is_max):
         ctx.save_for_backward(a, b)
-        return ctx.xp.maximum(a, b)
+        ctx.is_max = is_max
+        return ctx.xp.maximum(a, b) if is_max else ctx.xp.minimum(a, b)
 
     @staticmethod
     def backward(ctx, g):
         a, b = ctx.saved
-        w = (a > b) + 0.5 * (a == b)
-        return g * w.astype(g.dtype), g * (1 - w).astype(g.dtype)
-
-
-class Minimum(Function):
-    @staticmethod
-    def forward(ctx, a, b):
-        ctx.save_for_backward(a, b)
-        return ctx.xp.minimum(a, b)
-
-    @staticmethod
-    def backward(ctx, g):
-        a, b = ctx.saved
-        w = (a < b) + 0.5 * (a == b)
-        return g * w.astype(g.dtype), g * (1 - w).astype(g.dtype)
+        w = ((a > b) if ctx.is_max else (a < b)) + 0.5 * (a == b)
+        return g * w.astype(g.dtype), g * (1 - w).astype(g.dtype), None
 
 
 def add(a, b):
@@ -134,11 +123,11 @@ def pow(a, b):
 
 
 def maximum(a, b):
-    return Maximum.apply(*binary_operands(a, b, "maximum"))
+    return Extremum.apply(*binary_operands(a, b, "maximum"), True)
 
 
 def minimum(a, b):
-    return Minimum.apply(*binary_operands(a, b, "minimum"))
+    return Extremum.apply(*binary_operands(a, b, "minimum"), False)
 
 
 # ---- unary ---------------------------------------------------------------------
@@ -360,15 +349,14 @@ class MaxMin(Function):
         out = x.max(axis=axes, keepdims=True) if is_max else x.min(axis=axes, keepdims=True)
         ctx.save_for_backward(x, out)
         ctx.axes, ctx.keepdims = axes, keepdims
-        return out if keepdims else out.reshape(tuple(n for i, n in enumerate(x.shape) if i not in axes))
+        return out if keepdims else ctx.xp.squeeze(out, axes)
 
     @staticmethod
     def backward(ctx, g):
         x, out = ctx.saved
         mask = (x == out)
         count = mask.sum(axis=ctx.axes, keepdims=True)
-        if not ctx.keepdims and x.ndim:
-            g = ctx.xp.expand_dims(g, ctx.axes)
+        g = unreduce(g, ctx.axes, ctx.keepdims, x.ndim, ctx.xp)
         return mask * (g / count).astype(x.dtype), None, None, None
 
 
@@ -386,8 +374,7 @@ class Var(Function):
     @staticmethod
     def backward(ctx, g):
         x, mean = ctx.saved
-        if not ctx.keepdims and x.ndim:
-            g = ctx.xp.expand_dims(g, ctx.axes)
+        g = unreduce(g, ctx.axes, ctx.keepdims, x.ndim, ctx.xp)
         scale = 2.0 / ctx.denom if ctx.denom else float("nan")   # as PyTorch: NaN, not an exception
         return g * x.dtype.type(scale) * (x - mean), None, None, None
 
@@ -401,13 +388,12 @@ class LogSumExp(Function):
         out = xp.log(xp.exp(x - m).sum(axis=axes, keepdims=True)) + m
         ctx.save_for_backward(x, out)
         ctx.axes, ctx.keepdims = axes, keepdims
-        return out if keepdims else out.reshape(tuple(n for i, n in enumerate(x.shape) if i not in axes))
+        return out if keepdims else ctx.xp.squeeze(out, axes)
 
     @staticmethod
     def backward(ctx, g):
         x, out = ctx.saved
-        if not ctx.keepdims and x.ndim:
-            g = ctx.xp.expand_dims(g, ctx.axes)
+        g = unreduce(g, ctx.axes, ctx.keepdims, x.ndim, ctx.xp)
         return g * ctx.xp.exp(x - out), None, None
 
 
