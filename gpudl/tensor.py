@@ -224,19 +224,39 @@ class _ToDevice(autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        return ctx.src.backend.asarray(ctx.device.backend.to_numpy(g)), None
+        return as_device_array(g, ctx.src, "to"), None
 
     @classmethod
     def apply(cls, x, dev):
         # the output lives on `dev`: build the node by hand
         ctx = autograd.Context(dev, (x.requires_grad, False))
         ctx.src = x.device
-        out_arr = dev.backend.asarray(x.device.backend.to_numpy(x.data))
+        out_arr = as_device_array(x, dev, "to")
         record = autograd.is_grad_enabled() and x.requires_grad
         out = Tensor._make(out_arr, dev, requires_grad=record)
         if record:
             out._node = autograd.Node(cls, ctx, (x, None))
         return out
+
+
+def as_device_array(value, device, what):
+    """``value`` -- a Tensor on any device, an array of any backend, or host data
+    (lists, NumPy arrays) -- as an array on ``device``; no copy when it is one already."""
+    if isinstance(value, Tensor):
+        if value.device == device:
+            return value.data
+        return device.backend.asarray(value.device.backend.to_numpy(value.data))
+    if device.backend.is_array(value):
+        return value
+    if hasattr(value, "__cuda_array_interface__") and hasattr(value, "get"):
+        value = value.get()                 # a GPU array, for the CPU
+    try:
+        host = numpy.asarray(value)
+    except Exception:
+        host = None
+    if host is None or host.dtype == object:
+        raise TypeError(f"{what}: expected a Tensor or an array, got {type(value).__name__}")
+    return device.backend.asarray(host)
 
 
 def _default_device(device):

@@ -661,3 +661,24 @@ def test_gradients_assigned_read_only_are_replaced_not_written():
     w.grad = gpudl.tensor(ro)
     (w * 2).sum().backward()                     # onto a read-only one: a new array
     assert np.allclose(w.grad.numpy(), 6.0) and np.all(ro == 4.0)
+
+
+def test_state_dicts_load_across_devices(device):
+    """A model's and its optimizer's state made on one device load on another (both ways)."""
+    from gpudl import optim
+    for src, dst in ((device, gpudl.device("cpu")), (gpudl.device("cpu"), device)):
+        gpudl.manual_seed(3)
+        a = nn.Linear(3, 2).to(src)
+        opt_a = optim.Adam(a.parameters(), lr=0.1)
+        a(gpudl.ones(4, 3, device=src)).sum().backward()
+        opt_a.step()
+        b = nn.Linear(3, 2).to(dst)
+        opt_b = optim.Adam(b.parameters(), lr=0.1)
+        b.load_state_dict(a.state_dict())
+        opt_b.load_state_dict(opt_a.state_dict())
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            assert pb.device == dst and np.array_equal(pa.numpy(), pb.numpy())
+            sa, sb = opt_a.state[pa], opt_b.state[pb]
+            assert sb["exp_avg"].device == dst and np.array_equal(sa["exp_avg"].numpy(), sb["exp_avg"].numpy())
+    with pytest.raises(TypeError, match=r"load_state_dict: 'weight': expected a Tensor or an array, got object"):
+        nn.Linear(3, 2).load_state_dict({"weight": object(), "bias": np.zeros(2)})

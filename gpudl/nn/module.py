@@ -16,7 +16,7 @@ from collections import OrderedDict, namedtuple
 import numpy
 
 from ..backend import resolve
-from ..tensor import Tensor, tensor, as_dtype, _DTYPE_NAMES
+from ..tensor import Tensor, tensor, as_dtype, as_device_array, _DTYPE_NAMES
 
 
 class Parameter(Tensor):
@@ -87,28 +87,11 @@ def _move_(t, device, dtype):
     if dtype is not None and arr.dtype.kind == "f" and arr.dtype != dtype:
         arr = arr.astype(dtype)
     if device is not None and device != t.device:
-        arr = device.backend.asarray(t.device.backend.to_numpy(arr))
+        arr = as_device_array(arr, device, "to")
         t.device = device
     t.data = arr
     if t.grad is not None:
         _move_(t.grad, device, dtype)
-
-
-def _host_or_same_device(value, dest, key):
-    """``value`` (Tensor, numpy array, anything numpy reads) as an array on ``dest``'s device."""
-    if isinstance(value, Tensor):
-        if value.device == dest.device:
-            return value.data
-        return dest.device.backend.asarray(value.device.backend.to_numpy(value.data))
-    if dest.device.backend.is_array(value):
-        return value
-    try:
-        host = numpy.asarray(value)
-    except Exception:
-        host = None
-    if host is None or host.dtype == object:
-        raise TypeError(f"load_state_dict: expected a Tensor or an array for {key!r}, got {type(value).__name__}")
-    return dest.device.backend.asarray(host)
 
 
 class Module:
@@ -349,7 +332,7 @@ class Module:
         for key, dest in own.items():
             if key not in state_dict:
                 continue
-            src = _host_or_same_device(state_dict[key], dest, key)
+            src = as_device_array(state_dict[key], dest.device, f"load_state_dict: {key!r}")
             if tuple(src.shape) != dest.shape:
                 errors.append(f"size mismatch for {key}: copying a param with shape {tuple(src.shape)} "
                               f"from checkpoint, the shape in current model is {dest.shape}.")

@@ -18,10 +18,9 @@ from __future__ import annotations
 import math
 import numbers
 
-import numpy
 
 from ..autograd import enable_grad
-from ..tensor import Tensor
+from ..tensor import Tensor, as_device_array
 
 
 class _Required:
@@ -231,14 +230,10 @@ def _state_value(p, k, name, v):
     """One loaded state entry for ``p``: a copy on its device in its dtype, or an int step."""
     if name == "step":
         return int(v.item() if hasattr(v, "item") else v)   # once, at load: a host read is fine
-    if isinstance(v, Tensor):
-        v = v.data if v.device == p.device else v.numpy()
-    if not hasattr(v, "shape"):
+    if not isinstance(v, Tensor) and not hasattr(v, "shape"):
         return v
     if tuple(v.shape) != p.shape:
         raise ValueError(f"load_state_dict: state '{name}' of parameter {k} has shape {tuple(v.shape)}, "
                          f"the parameter {p.shape}")
-    backend = p.device.backend
-    if not backend.is_array(v):  # host data, or a CuPy array for a CPU parameter
-        v = backend.asarray(v if isinstance(v, numpy.ndarray) or not hasattr(v, "get") else v.get())
+    v = as_device_array(v, p.device, f"load_state_dict: state '{name}' of parameter {k}")
     return Tensor._make(v.astype(p.dtype, copy=True), p.device)
