@@ -239,6 +239,15 @@ class _ToDevice(autograd.Function):
         return out
 
 
+def to_host(a):
+    """A NumPy array of a Tensor (any device), a CuPy array, or anything NumPy reads."""
+    if isinstance(a, Tensor):
+        return a.device.backend.to_numpy(a.data)
+    if hasattr(a, "get") and not isinstance(a, numpy.ndarray):  # a CuPy array
+        return a.get()
+    return numpy.asarray(a)
+
+
 def as_device_array(value, device, what):
     """``value`` -- a Tensor on any device, an array of any backend, or host data
     (lists, NumPy arrays) -- as an array on ``device``; no copy when it is one already."""
@@ -248,8 +257,8 @@ def as_device_array(value, device, what):
         return device.backend.asarray(value.device.backend.to_numpy(value.data))
     if device.backend.is_array(value):
         return value
-    if hasattr(value, "__cuda_array_interface__") and hasattr(value, "get"):
-        value = value.get()                 # a GPU array, for the CPU
+    if hasattr(value, "__cuda_array_interface__"):
+        value = to_host(value)              # a GPU array, for the CPU
     try:
         host = numpy.asarray(value)
     except Exception:

@@ -34,7 +34,7 @@ import numbers
 import numpy
 
 from ..backend import resolve
-from ..tensor import Tensor
+from ..tensor import Tensor, to_host
 
 METRICS = ("l2", "l1")
 # above this k, a partition + a sort of the k kept beats k rounds of argmin
@@ -66,15 +66,6 @@ def estimator_device(spec, X):
             and isinstance(X, Tensor):
         return X.device
     return resolve(spec)
-
-
-def to_host(a):
-    """numpy view of a numpy array, list, Tensor or device array."""
-    if isinstance(a, Tensor):
-        return a.numpy()
-    if hasattr(a, "get") and not isinstance(a, numpy.ndarray):  # a CuPy array
-        return a.get()
-    return numpy.asarray(a)
 
 
 def as_features(X, device, n_features=None, name="X"):

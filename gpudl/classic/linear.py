@@ -20,9 +20,9 @@ from .. import random as _random
 from ..autograd import no_grad
 from ..nn import functional as F
 from ..optim import SGD
-from ..tensor import Tensor
+from ..tensor import Tensor, to_host
 from .knn import (accuracy, as_features, check_choice, check_int, encode_labels,
-                  estimator_device, require_fitted, to_host)
+                  estimator_device, require_fitted)
 
 LOSSES = ("svm", "softmax")
 

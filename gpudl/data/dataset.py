@@ -14,7 +14,7 @@ import numbers
 import numpy
 
 from .. import random as _random
-from ..tensor import Tensor, _infer_dtype
+from ..tensor import Tensor, _infer_dtype, to_host
 
 
 def make_rng(seed=None):
@@ -30,10 +30,8 @@ def make_rng(seed=None):
 
 def as_host_array(a, what="TensorDataset"):
     """A NumPy array from a Tensor (any device), an array, or nested lists of numbers."""
-    if isinstance(a, Tensor):
-        return a.detach().numpy()
-    if isinstance(a, numpy.ndarray):
-        return a
+    if isinstance(a, (Tensor, numpy.ndarray)) or hasattr(a, "__cuda_array_interface__"):
+        return to_host(a)
     try:
         return numpy.asarray(a, dtype=_infer_dtype(a))
     except (TypeError, ValueError) as e:
