@@ -30,6 +30,25 @@ def test_backends_expose_the_same_names():
     assert not extra_cuda, f"CUDA backend exposes names outside BACKEND_API: {extra_cuda}"
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_numpy_relu_matches_maximum(dtype):
+    """The shared-zeros relu: same values as np.maximum(a, 0), NaN and
+    infinities kept, any shape and strides, the zeros grown when needed."""
+    import numpy as np
+    r = np.random.default_rng(0)
+    for shape in [(3,), (4, 5, 6), (70000,), (2, 3, 200, 300)]:
+        a = r.standard_normal(shape).astype(dtype)
+        a.reshape(-1)[:3] = [np.nan, np.inf, -np.inf]
+        for v in (a, a[..., ::2], a.T):
+            got = numpy_backend.relu(v)
+            assert got.dtype == v.dtype and got.shape == v.shape
+            np.testing.assert_array_equal(got, np.maximum(v, 0))
+    out = np.empty(5, dtype)
+    assert numpy_backend.relu(np.arange(-2, 3).astype(dtype), out=out) is out
+    np.testing.assert_array_equal(out, [0, 0, 0, 1, 2])
+    np.testing.assert_array_equal(numpy_backend.relu(np.array([-3, 4])), [0, 4])
+
+
 def test_resolve_cpu_and_errors():
     assert str(gpudl.device("cpu")) == "cpu"
     assert gpudl.device("cpu") == "cpu"

@@ -211,6 +211,7 @@ GRAD_CASES = [
     (1, 2, 5, 6, 2, (2, 3), (2, 1), (0, 1), 1, 1),
     (1, 18, 4, 4, 2, 3, 1, 1, 1, 1),           # shifted-GEMM path
     (1, 3, 5, 5, 2, 1, 2, 0, 1, 1),            # 1x1 stride 2: gx is zero off the grid
+    (2, 6, 7, 6, 2, (4, 3), 1, 0, 1, 1),       # columns over the output lines only
 ]
 
 
@@ -229,8 +230,13 @@ def test_conv2d_backward_numeric(case):
     np.testing.assert_allclose(gb, numeric_grad(f, b), rtol=1e-6, atol=1e-7)
 
 
-def test_conv2d_backward_need_flags():
-    x, w, b, s, p, d, G = _conv_args(CONV_CASES[0])
+# LeNet's second conv, small: columns over each image's first Lo lines only
+VALID_COLS_CASE = (2, 6, 8, 8, 4, (5, 5), 1, 0, 1, 1)
+
+
+@pytest.mark.parametrize("case", [CONV_CASES[0], VALID_COLS_CASE], ids=str)
+def test_conv2d_backward_need_flags(case):
+    x, w, b, s, p, d, G = _conv_args(case)
     gy = rng(5).standard_normal(K.conv2d_forward(x, w, b, s, p, d, G).shape)
     full = K.conv2d_backward(x, w, gy, s, p, d, G)
     for need in itertools.product([False, True], repeat=3):

@@ -444,6 +444,7 @@ def test_namespace_is_exactly_the_backend_api():
     assert b.is_array(a) and not b.is_array([1, 2]) and a.dtype == np.float32
     assert isinstance(b.to_numpy(a), np.ndarray)
     np.testing.assert_allclose(b.erf(np.array([0.0, 1.0])), [0.0, 0.8427007929497149])
+    np.testing.assert_array_equal(b.relu(np.array([-1.0, 0.0, 2.5, np.nan])), [0.0, 0.0, 2.5, np.nan])
     assert b.default_rng(0).standard_normal(3).shape == (3,)
     np.testing.assert_array_equal(b.from_dlpack(a), a)
     assert b.synchronize() is None

@@ -73,6 +73,7 @@ Array plumbing::
     is_array(a)     True for this backend's array type
     from_dlpack(obj)
     erf(a)          the error function, elementwise
+    relu(a, out=None)        max(a, 0), elementwise (NaN stays NaN)
     default_rng(seed)        a Generator with ``random`` / ``standard_normal``
     synchronize()   wait for queued work (no-op on the CPU)
 """
@@ -83,7 +84,7 @@ import sys
 
 BACKEND_API = (
     "name", "xp", "asarray", "to_numpy", "is_array", "from_dlpack", "erf",
-    "default_rng", "synchronize",
+    "relu", "default_rng", "synchronize",
     "conv2d_forward", "conv2d_backward",
     "max_pool2d_forward", "max_pool2d_backward",
     "avg_pool2d_forward", "avg_pool2d_backward",

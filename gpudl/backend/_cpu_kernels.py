@@ -437,6 +437,17 @@ class _Geom:
                 self.affine = (s0, a, b)
 
     @property
+    def Mc(self):
+        """Grid positions the columns cover: with affine taps only each
+        image's first Lo lines (the lines below hold no output), so a 5x5
+        conv without padding on 14x14 computes 10x14 positions, not 14x14.
+        Not worth it for a line or two (the backward then packs the output
+        gradient twice): padded convs keep whole grids."""
+        h = self.h
+        rows = h.Lo if self.affine is not None and 5 * h.Lo <= 4 * h.Lq else h.Lq
+        return self.N * rows * self.w.Lq
+
+    @property
     def use_cols(self):
         return len(self.taps) > 1 and self.Cg < _COLS_BELOW
 
@@ -560,11 +571,12 @@ def _unpack_output(Y, g, b, y):
     _write_output(lambda nb: src[:, nb, :g.h.Lo, :g.w.Lo, :].transpose(1, 0, 4, 2, 3), g, b, y)
 
 
-def _pack_output_grad_cf(gy, g):
-    """gy (N, O, Ho, Wo) -> channels-first grid (G, Og, M), zeros off it."""
+def _pack_output_grad_cf(gy, g, M):
+    """gy (N, O, Ho, Wo) -> channels-first grid (G, Og, M), zeros off it;
+    M is g.M (whole image grids) or g.Mc (the lines the columns cover)."""
     Ho, Wo = g.h.Lo, g.w.Lo
-    buf = np.zeros((g.G, g.Og, g.M), g.dtype)
-    grid = buf.reshape(g.G, g.Og, g.N, g.h.Lq, g.w.Lq)
+    buf = np.zeros((g.G, g.Og, M), g.dtype)
+    grid = buf.reshape(g.G, g.Og, g.N, -1, g.w.Lq)
     src = gy.reshape(g.N, g.G, g.Og, Ho, Wo)
 
     def run(nb):
@@ -575,25 +587,27 @@ def _pack_output_grad_cf(gy, g):
 
 
 def _unpack_output_cf(YT, g, b, y):
-    """Channels-first grid (G, Og, M) -> y (N, O, Ho, Wo), plus the bias."""
-    src = YT.reshape(g.G, g.Og, g.N, g.h.Lq, g.w.Lq)
+    """Channels-first grid (G, Og, Mc) -> y (N, O, Ho, Wo), plus the bias."""
+    src = YT.reshape(g.G, g.Og, g.N, -1, g.w.Lq)
     _write_output(lambda nb: src[:, :, nb, :g.h.Lo, :g.w.Lo].transpose(2, 0, 1, 3, 4), g, b, y)
 
 
 def _gather_cols(Xc, g):
-    """Transposed columns (G, kH*kW*Cg, M) from the channels-first buffer:
-    one contiguous row copy per tap and channel."""
+    """Transposed columns (G, kH*kW*Cg, Mc) from the channels-first buffer:
+    one contiguous row copy per tap and channel (and image, see g.Mc)."""
     M, Cg = g.M, g.Cg
-    colsT = np.empty((g.G, len(g.taps) * Cg, M), g.dtype)
+    colsT = np.empty((g.G, len(g.taps) * Cg, g.Mc), g.dtype)
     if g.affine is not None:
-        # colsT[(kh, kw, c), m] = Xc[c, s0 + kh * a + kw * b + m]: one copy
+        # colsT[(kh, kw, c), (n, j)] = Xc[c, s0 + kh * a + kw * b + n * img + j]
+        # for the first J = Mc / N positions of each image's grid: one copy
         s0, a, b = g.affine
         Xc = np.ascontiguousarray(Xc)
         es = Xc.itemsize
+        J, img = g.Mc // g.N, g.h.Lq * g.w.Lq
         src = np.lib.stride_tricks.as_strided(
-            Xc[:, 0, :, s0:], (g.G, g.kH, g.kW, Cg, M),
-            (Xc.strides[0], a * es, b * es, Xc.strides[2], es), writeable=False)
-        np.copyto(colsT.reshape(g.G, g.kH, g.kW, Cg, M), src)
+            Xc[:, 0, :, s0:], (g.G, g.kH, g.kW, Cg, g.N, J),
+            (Xc.strides[0], a * es, b * es, Xc.strides[2], img * es, es), writeable=False)
+        np.copyto(colsT.reshape(g.G, g.kH, g.kW, Cg, g.N, J), src)
         return colsT
 
     def run(t):
@@ -688,10 +702,10 @@ def _conv2d_forward(x, w, b, g, dt):
         w.reshape(g.G, g.Og, g.Cg, g.kH, g.kW).transpose(0, 3, 4, 2, 1), dtype=dt)
     M = g.M
     if g.use_cols:
-        # everything channels-first: Y.T (G, Og, M) = W_cols.T @ columns.T
+        # everything channels-first: Y.T (G, Og, Mc) = W_cols.T @ columns.T
         colsT = _gather_cols(_pack_input(x, g, cf=True), g)
         WcT = np.ascontiguousarray(Wt.reshape(g.G, -1, g.Og).transpose(0, 2, 1))
-        YT = np.empty((g.G, g.Og, M), dt)
+        YT = np.empty((g.G, g.Og, g.Mc), dt)
         _mm([(YT[gi], WcT[gi], colsT[gi]) for gi in range(g.G)])
         del colsT
         _unpack_output_cf(YT, g, b, y)
@@ -729,7 +743,11 @@ def _conv2d_backward(x, w, gy, g, dt, need_x, need_w, need_b):
         return gx, gw, gb
     M, T, KK, Cg = g.M, g.tail, len(g.taps), g.Cg
     if g.use_cols:
-        GyT = _pack_output_grad_cf(gy, g)            # (G, Og, M)
+        # (G, Og, Mc) for the weights' gradient, (G, Og, M) for the input's
+        GyT = _pack_output_grad_cf(gy, g, g.Mc) if need_w else None
+        GyT_x = None
+        if need_x:
+            GyT_x = GyT if GyT is not None and g.Mc == M else _pack_output_grad_cf(gy, g, M)
     else:
         Gp = _pack_output_grad(gy, g)                # (G, T + M + T, Og)
         Gy = Gp[:, T:T + M]
@@ -756,16 +774,16 @@ def _conv2d_backward(x, w, gy, g, dt, need_x, need_w, need_b):
             # the columns' gradient, transposed: (G, KK*Cg, M) = W_cols @ Gy.T
             Wc = np.ascontiguousarray(Wg.transpose(0, 1, 2, 4, 3)).reshape(g.G, KK * Cg, g.Og)
             if g.affine is not None:
-                gX = _col2im_affine(Wc, GyT, g)
+                gX = _col2im_affine(Wc, GyT_x, g)
             else:
                 gcolsT = np.empty((g.G, KK * Cg, M), dt)
-                _mm([(gcolsT[gi], Wc[gi], GyT[gi]) for gi in range(g.G)])
+                _mm([(gcolsT[gi], Wc[gi], GyT_x[gi]) for gi in range(g.G)])
                 gX = np.zeros((g.G, g.nph, Cg, M + T), dt)
                 for t, (_, _, ph, sh) in enumerate(g.taps):  # col2im: row adds
                     dst = gX[:, ph, :, sh:sh + M]
                     np.add(dst, gcolsT[:, t * Cg:(t + 1) * Cg], out=dst)
                 del gcolsT
-            del GyT
+            del GyT, GyT_x
         else:
             # gX[ph][r] = sum over the phase's taps of Gy[r - shift] @ W_tap.T,
             # read from the zero-margined Gp so that every row exists

@@ -210,6 +210,10 @@ class _Backend:
         with self._scope():
             return self._special.erf(a)
 
+    def relu(self, a, out=None):
+        with self._scope():
+            return self.xp.maximum(a, 0, out=out)
+
     def default_rng(self, seed):
         with self._scope():
             return self.xp.random.default_rng(seed)

@@ -12,7 +12,7 @@ from ._util import norm_axis, require_float
 class ReLU(Function):
     @staticmethod
     def forward(ctx, x):
-        out = ctx.xp.maximum(x, 0)
+        out = ctx.backend.relu(x)
         ctx.save_for_backward(out)
         return out
 
