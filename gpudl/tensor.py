@@ -273,12 +273,16 @@ def _default_device(device):
 
 
 def _infer_dtype(data):
-    """gpudl's default dtypes: floats -> float32, ints -> int64, bools -> bool."""
+    """gpudl's default dtypes: Python floats -> float32, ints -> int64, bools ->
+    bool; NumPy arrays and scalars (and lists of them) keep theirs, as in PyTorch."""
     a = numpy.asarray(data)
+    typed = isinstance(data, (numpy.ndarray, numpy.generic)) or (
+        isinstance(data, (list, tuple)) and len(data) > 0
+        and all(isinstance(v, (numpy.ndarray, numpy.generic)) for v in data))
     if a.dtype.kind == "f":
-        return float32 if not isinstance(data, numpy.ndarray) else a.dtype
+        return a.dtype if typed else float32
     if a.dtype.kind in "iu":
-        return int64 if not isinstance(data, numpy.ndarray) else a.dtype
+        return a.dtype if typed else int64
     if a.dtype.kind == "b":
         return bool_
     raise TypeError(f"tensor: expected numbers, bools or an array of them, got {a.dtype}")

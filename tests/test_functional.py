@@ -305,3 +305,42 @@ def test_bad_input_gets_clear_errors(device):
         F.cross_entropy(logits, gpudl.tensor([0, 1, 1], device=device))
     with pytest.raises(ValueError, match="reduction"):
         F.cross_entropy(logits, gpudl.tensor([0, 1], device=device), reduction="avg")
+
+
+def test_cross_entropy_none_keeps_the_target_shape(device):
+    x = t(np.random.default_rng(7).standard_normal((2, 4, 3, 2)), device)
+    y = t(np.random.default_rng(8).integers(0, 4, (2, 3, 2)), device)
+    loss = F.cross_entropy(x, y, reduction="none")
+    assert loss.shape == (2, 3, 2)
+    close(loss.mean(), F.cross_entropy(x, y).item(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("which", ["cross_entropy", "nll_loss"])
+def test_ignored_rows_with_infinite_input_change_nothing(device, which):
+    a = np.random.default_rng(9).standard_normal((3, 4))
+    a[1, 0] = -np.inf if which == "nll_loss" else np.inf
+    x = t(a, device, requires_grad=True)
+    y = t([2, -100, 1], device)
+    loss = getattr(F, which)(x, y)
+    keep = np.array([0, 2])
+    ref = getattr(F, which)(t(a[keep], device), t([2, 1], device)).item()
+    np.testing.assert_allclose(loss.item(), ref, rtol=1e-6)
+    loss.backward()
+    assert np.isfinite(x.grad.numpy()[keep]).all()
+    np.testing.assert_array_equal(x.grad.numpy()[1], np.zeros(4))   # as PyTorch
+
+
+@pytest.mark.parametrize("which", ["cross_entropy", "nll_loss"])
+def test_every_row_ignored_mean_is_nan_with_a_zero_gradient(device, which):
+    x = t(np.random.default_rng(10).standard_normal((2, 3)), device, requires_grad=True)
+    loss = getattr(F, which)(x, t([-100, -100], device))
+    assert np.isnan(loss.item())
+    loss.backward()
+    np.testing.assert_array_equal(x.grad.numpy(), np.zeros((2, 3)))
+    assert getattr(F, which)(x, t([-100, -100], device), reduction="sum").item() == 0.0
+
+
+def test_batch_norm_evaluation_needs_running_statistics(device):
+    x = t(np.random.default_rng(11).standard_normal((4, 3)), device)
+    with pytest.raises(ValueError, match="running_mean and running_var"):
+        F.batch_norm(x, None, None, training=False)

@@ -682,3 +682,28 @@ def test_state_dicts_load_across_devices(device):
             assert sb["exp_avg"].device == dst and np.array_equal(sa["exp_avg"].numpy(), sb["exp_avg"].numpy())
     with pytest.raises(TypeError, match=r"load_state_dict: 'weight': expected a Tensor or an array, got object"):
         nn.Linear(3, 2).load_state_dict({"weight": object(), "bias": np.zeros(2)})
+
+
+def test_train_calls_each_childs_own_train():
+    class FrozenBN(nn.BatchNorm2d):
+        def train(self, mode=True):
+            return super().train(False)           # always in evaluation mode
+
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), FrozenBN(2), nn.Sequential(nn.ReLU()))
+    net.eval()
+    net.train()
+    assert net.training and net[0].training and net[2][0].training
+    assert not net[1].training
+
+
+def test_batchnorm_loads_a_state_dict_without_its_batch_count():
+    bn = nn.BatchNorm2d(3)
+    bn.num_batches_tracked.data[...] = 7
+    sd = {k: v for k, v in bn.state_dict().items() if k != "num_batches_tracked"}
+    sd["running_mean"] = gpudl.tensor(np.arange(3.0, dtype=np.float32))
+    result = nn.Sequential(bn).load_state_dict({"0." + k: v for k, v in sd.items()})
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    assert bn.num_batches_tracked.item() == 0     # restarts, as in PyTorch
+    close(bn.running_mean, [0.0, 1.0, 2.0])
+    with pytest.raises(RuntimeError, match="running_var"):
+        bn.load_state_dict({k: v for k, v in sd.items() if k != "running_var"})

@@ -247,3 +247,72 @@ def test_setitem_refuses_values_that_need_grad(device):
     buf = gpudl.zeros(3, device=device)
     with pytest.raises(RuntimeError, match="not recorded by autograd"):
         buf[0] = w * 3
+
+
+# ---- PyTorch's semantics at the edges (found by differential testing) -------
+
+def test_var_std_take_pytorch_positional_arguments(device):
+    a = any_(3, 4, 5)
+    x = t(a, device)
+    close(x.var(0, False), a.var(0))                     # (dim, unbiased)
+    close(x.var(False), a.var())                         # (unbiased)
+    s = x.std(0, True)
+    assert s.shape == (4, 5)                             # keepdim is the third argument
+    close(s, a.std(0, ddof=1))
+    close(x.std(1, True, True), a.std(1, ddof=1, keepdims=True))
+    close(x.var(2, correction=0), a.var(2))
+    with pytest.raises(TypeError, match="not both"):
+        x.var(0, True, correction=1)
+
+
+def test_std_gradient_is_zero_where_the_spread_is(device):
+    x = t([[1.0, 1.0, 1.0], [1.0, 2.0, 4.0]], device, requires_grad=True)
+    x.std(1).sum().backward()
+    g = x.grad.numpy()
+    np.testing.assert_array_equal(g[0], [0.0, 0.0, 0.0])
+    b = np.array([1.0, 2.0, 4.0])
+    np.testing.assert_allclose(g[1], (b - b.mean()) / (2 * b.std(ddof=1)), rtol=1e-6)
+    v = t([1.0, 2.0], device).var(correction=2)          # no degrees of freedom left: inf
+    assert np.isinf(v.item())
+
+
+def test_reductions_over_no_dims_and_of_0d_tensors(device):
+    a = any_(2, 3)
+    x = t(a, device)
+    close(x.sum(dim=()), a.sum())
+    close(x.mean(dim=()), a.mean())
+    s = t(3.0, device, requires_grad=True)
+    assert s.sum(0).item() == 3.0
+    v, i = s.max(0)
+    assert v.item() == 3.0 and i.item() == 0 and v.shape == () and i.shape == ()
+    v.backward()
+    assert s.grad.item() == 1.0
+
+
+def test_max_min_of_a_tensor_are_element_wise(device):
+    x = t([[1.0, 5.0], [3.0, 2.0]], device)
+    y = t([4.0, 0.0], device)
+    close(x.max(y), [[4.0, 5.0], [4.0, 2.0]])
+    close(gpudl.min(x, y), [[1.0, 0.0], [3.0, 0.0]])
+
+
+def test_comparing_with_none(device):
+    x = t([1.0], device)
+    assert (x == None) is False and (x != None) is True  # noqa: E711
+
+
+def test_pow_exponent_gradient_at_zero_and_negative_bases(device):
+    b = t([-2.0, 0.0, 0.0, 2.0], device, requires_grad=True)
+    e = t([2.0, -1.0, 2.0, 3.0], device, requires_grad=True)
+    (b ** e).sum().backward()
+    ge = e.grad.numpy()
+    assert np.isnan(ge[0]) and ge[1] == -np.inf and ge[2] == 0.0
+    np.testing.assert_allclose(ge[3], 8 * np.log(2), rtol=1e-6)
+    gb = b.grad.numpy()
+    assert gb[0] == -4.0 and gb[1] == -np.inf and gb[2] == 0.0 and gb[3] == 12.0
+
+
+def test_relu_passes_the_gradient_at_nan(device):
+    x = t([np.nan, -1.0, 0.0, 2.0], device, requires_grad=True)
+    gpudl.relu(x).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [1.0, 0.0, 0.0, 1.0])

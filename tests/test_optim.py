@@ -295,7 +295,10 @@ def test_state_dict_round_trip_resumes_exactly(device, name, kwargs, as_arrays):
     assert opt2.param_groups[0].get("betas", ()) == opt.param_groups[0].get("betas", ())
     straight = make_params(device)
     expected = train(getattr(optim, name)(straight, **kwargs), straight, device, steps=20)[-1]
+    snapshot = as_saved_arrays(sd) if not as_arrays else None
     train(opt, params, device, steps=10)      # the original goes on too: the load must not share its state
+    if snapshot is not None:                  # and the state_dict taken before is a snapshot
+        np.testing.assert_equal(as_saved_arrays(sd), snapshot)
     got = train(opt2, resumed, device, steps=10)[-1]
     for a, b, c in zip(got, [p.numpy() for p in params], expected):
         np.testing.assert_array_equal(a, c)

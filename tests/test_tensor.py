@@ -127,3 +127,11 @@ def test_the_face_of_the_package():
     assert gpudl.nn.Linear and gpudl.optim.SGD and gpudl.data.DataLoader and gpudl.models.create
     with pytest.raises(AttributeError, match="nonesuch"):
         gpudl.nonesuch
+
+
+def test_numpy_scalars_keep_their_dtype_as_in_pytorch():
+    assert gpudl.tensor(np.float64(1.5)).dtype == np.float64
+    assert gpudl.tensor(np.float32(1.5)).dtype == np.float32
+    assert gpudl.tensor(np.int32(3)).dtype == np.int32
+    assert gpudl.tensor([np.float64(1.0), np.float64(2.0)]).dtype == np.float64
+    assert gpudl.tensor(1.5).dtype == np.float32 and gpudl.tensor([1, 2]).dtype == np.int64

@@ -391,6 +391,9 @@ class _BatchNorm(Module):
                 self.register_buffer(b, None)
         _finish(self, device)
 
+    # a state_dict without the count still loads (the count restarts at 0), as in PyTorch
+    _optional_state = ("num_batches_tracked",)
+
     def reset_running_stats(self):
         if self.track_running_stats:
             init.zeros_(self.running_mean)

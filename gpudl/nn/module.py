@@ -321,7 +321,12 @@ class Module:
         if not hasattr(state_dict, "items"):
             raise TypeError(f"load_state_dict: expected a dict of name -> Tensor, got {type(state_dict).__name__}")
         own = self.state_dict(keep_vars=True)
-        missing = [k for k in own if k not in state_dict]
+        # buffers a module may go without (BatchNorm's num_batches_tracked, as
+        # in PyTorch): when absent they are reset, not reported missing
+        optional = {pre + (pre and ".") + name for pre, mod in self.named_modules()
+                    for name in getattr(mod, "_optional_state", ())}
+        reset = [k for k in own if k not in state_dict and k in optional]
+        missing = [k for k in own if k not in state_dict and k not in optional]
         unexpected = [k for k in state_dict if k not in own]
         errors = []
         if strict and unexpected:
@@ -342,15 +347,19 @@ class Module:
                                + "\n\t".join(errors))
         for dest, src in staged:
             dest.data[...] = src.astype(dest.dtype, copy=False)
+        for k in reset:
+            own[k].data[...] = 0
         return _IncompatibleKeys(missing, unexpected)
 
     # ---- mode and movement --------------------------------------------
     def train(self, mode=True):
-        """Set ``training`` on this module and every descendant; returns self."""
+        """Set ``training`` on this module, then call ``train(mode)`` on each
+        child (so a subclass's own ``train`` is honoured, as in PyTorch); returns self."""
         if not isinstance(mode, bool):
             raise ValueError(f"train: expected mode to be a bool, got {mode!r}")
-        for m in self.modules():
-            m.training = mode
+        self.training = mode
+        for m in self.children():
+            m.train(mode)
         return self
 
     def eval(self):

@@ -37,7 +37,9 @@ def _install():
     T.__abs__ = abs
     T.__getitem__ = getitem
     T.__setitem__ = setitem
-    T.__eq__, T.__ne__ = eq, ne
+    # as PyTorch, comparing with None is a plain False / True, not an error
+    T.__eq__ = lambda self, other: False if other is None else eq(self, other)
+    T.__ne__ = lambda self, other: True if other is None else ne(self, other)
     T.__lt__, T.__le__, T.__gt__, T.__ge__ = lt, le, gt, ge
     T.__invert__ = lambda self: _logical_not(self)
     T.__hash__ = object.__hash__

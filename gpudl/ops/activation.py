@@ -18,7 +18,7 @@ class ReLU(Function):
 
     @staticmethod
     def backward(ctx, g):
-        return g * (ctx.saved[0] > 0)
+        return g * (ctx.saved[0] != 0)      # out is >= 0 or NaN; NaN passes g on, as PyTorch
 
 
 class LeakyReLU(Function):

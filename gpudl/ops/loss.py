@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..autograd import Function
 from ..tensor import Tensor
 from . import math as M
+from .shape import where
 
 
 def _reduce(per_item, reduction, op, count=None):
@@ -19,7 +20,7 @@ def _reduce(per_item, reduction, op, count=None):
 def _check_target(scores, target, op, ignore_index=None):
     """Check integer class labels of shape (N,), each in [0, C) (or ignore_index).
 
-    Returns (ignored mask, whether any row is ignored).
+    Returns (ignored mask, whether any row is ignored, whether all are).
     """
     if not isinstance(scores, Tensor) or scores.ndim != 2:
         raise ValueError(f"{op}: expected input of shape (N, C), got "
@@ -41,13 +42,14 @@ def _check_target(scores, target, op, ignore_index=None):
     xp = target.device.backend.xp
     ignored = (t == ignore_index) if ignore_index is not None else xp.zeros(t.shape, dtype=bool)
     bad = ~ignored & ((t < 0) | (t >= c))
-    # one read-back for both questions (each would be a host sync on a GPU)
-    any_bad, any_ignored = (bool(v) for v in target.device.backend.to_numpy(xp.stack([bad.any(), ignored.any()])))
+    # one read-back for every question (each would be a host sync on a GPU)
+    any_bad, any_ignored, all_ignored = (bool(v) for v in target.device.backend.to_numpy(
+        xp.stack([bad.any(), ignored.any(), ignored.all()])))
     if any_bad:
         first = int(t[bad][0])
         raise ValueError(f"{op}: target holds class {first}, expected classes in [0, {c - 1}]"
                          + (f" or ignore_index={ignore_index}" if ignore_index is not None else ""))
-    return ignored, any_ignored
+    return ignored, any_ignored, any_ignored and all_ignored
 
 
 class SoftmaxCrossEntropy(Function):
@@ -69,35 +71,53 @@ class SoftmaxCrossEntropy(Function):
 def cross_entropy(input, target, reduction="mean", label_smoothing=0.0, ignore_index=-100):
     """Softmax cross-entropy of logits (N, C) against class indices (N,).
 
-    Extra dimensions (N, C, d1, ...) with target (N, d1, ...) are flattened.
+    Extra dimensions (N, C, d1, ...) with target (N, d1, ...) are flattened
+    (``reduction="none"`` gives the loss back in the target's shape).
     Rows whose target equals ``ignore_index`` contribute nothing; "mean"
     averages over the others.
     """
     op = "cross_entropy"
+    shape = None
     if isinstance(input, Tensor) and input.ndim > 2:
         c = input.shape[1]
+        shape = (input.shape[0],) + input.shape[2:]
         input = input.permute(0, *range(2, input.ndim), 1).reshape(-1, c)
         if isinstance(target, Tensor):
+            if target.shape != shape:
+                raise ValueError(f"{op}: expected target of shape {shape} for input "
+                                 f"{(shape[0], c) + shape[1:]}, got {target.shape}")
             target = target.reshape(-1)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"{op}: expected 0 <= label_smoothing <= 1, got {label_smoothing}")
-    ignore, has_ignored = _check_target(input, target, op, ignore_index)
-    labels = _labels(target, ignore, has_ignored)
-    return _reduce_kept(SoftmaxCrossEntropy.apply(input, labels, float(label_smoothing)),
-                        ignore, has_ignored, reduction, op)
+    ignore = _check_target(input, target, op, ignore_index)
+    labels = _labels(target, ignore)
+    if ignore[1]:   # ignored rows' logits read as 0: an inf there can't reach the loss or gradient
+        input = where(Tensor._make(~ignore[0][:, None], input.device), input, 0.0)
+    out = _reduce_kept(SoftmaxCrossEntropy.apply(input, labels, float(label_smoothing)),
+                       ignore, reduction, op)
+    return out.reshape(shape) if shape is not None and reduction == "none" else out
 
 
-def _labels(target, ignore, has_ignored):
+def _labels(target, ignore):
     """The target's classes, ignored rows pointed at class 0 (their loss is dropped after)."""
-    return target.device.backend.xp.where(ignore, 0, target.data) if has_ignored else target.data
+    mask, has_ignored, _ = ignore
+    return target.device.backend.xp.where(mask, 0, target.data) if has_ignored else target.data
 
 
-def _reduce_kept(loss, ignore, has_ignored, reduction, op):
-    """Reduce per-row ``loss`` over the rows not ignored ("mean" divides by their count)."""
+def _reduce_kept(loss, ignore, reduction, op):
+    """Reduce per-row ``loss`` over the rows not ignored ("mean" divides by
+    their count).  Ignored rows are selected away, not multiplied by 0, so an
+    infinite loss there changes nothing; with every row ignored "mean" is NaN
+    with a zero gradient, as in PyTorch."""
+    mask, has_ignored, all_ignored = ignore
     if not has_ignored:
         return _reduce(loss, reduction, op)
-    keep = Tensor._make((~ignore).astype(loss.dtype), loss.device)
-    return _reduce(loss * keep, reduction, op, count=keep.sum())
+    dev = loss.device
+    kept = Tensor._make(~mask, dev)
+    loss = where(kept, loss, 0.0)
+    if reduction == "mean" and all_ignored:
+        return where(Tensor._make(dev.backend.xp.zeros((), bool), dev), loss.sum(), float("nan"))
+    return _reduce(loss, reduction, op, count=Tensor._make(kept.data.sum(dtype=loss.dtype), dev))
 
 
 class MultiClassHinge(Function):
@@ -132,10 +152,10 @@ def multiclass_hinge_loss(input, target, margin=1.0, reduction="mean"):
 
 def nll_loss(input, target, reduction="mean", ignore_index=-100):
     """Negative log-likelihood of log-probabilities (N, C) at class indices (N,)."""
-    ignore, has_ignored = _check_target(input, target, "nll_loss", ignore_index)
-    labels = _labels(target, ignore, has_ignored)
+    ignore = _check_target(input, target, "nll_loss", ignore_index)
+    labels = _labels(target, ignore)
     picked = -input[input.device.backend.xp.arange(input.shape[0]), labels]
-    return _reduce_kept(picked, ignore, has_ignored, reduction, "nll_loss")
+    return _reduce_kept(picked, ignore, reduction, "nll_loss")
 
 
 def _check_same(input, target, op):

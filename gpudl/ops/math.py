@@ -77,8 +77,10 @@ class Pow(Function):
         ga = g * b * xp.where(b == 0, 0, a ** xp.where(b == 0, 1, b - 1)) if na else None  # d/da a**0 = 0 at a = 0 too
         gb = None
         if nb:
-            safe = xp.where(a > 0, a, 1)
-            gb = g * out * xp.where(a > 0, xp.log(safe), 0)
+            # as PyTorch: out * log(a), which is NaN for a < 0 and -inf for
+            # a = 0 ** (b < 0); 0 where a = 0 and b >= 0 (out is 0 or 1 there)
+            zero = (a == 0) & (b >= 0)
+            gb = g * xp.where(zero, 0, out * xp.log(xp.where(zero, 1, a)))
         return ga, gb
 
 
@@ -361,22 +363,32 @@ class MaxMin(Function):
 
 
 class Var(Function):
+    """Variance over ``axes`` divided by max(n - correction, 0); with ``sqrt``
+    set, the standard deviation (its gradient is 0 where it is 0, as PyTorch's)."""
+
     @staticmethod
-    def forward(ctx, x, axes, keepdims, correction):
+    def forward(ctx, x, axes, keepdims, correction, sqrt):
+        xp = ctx.xp
         mean = x.mean(axis=axes, keepdims=True)
         n = _math.prod(x.shape[a] for a in axes)
-        ctx.save_for_backward(x, mean)
-        ctx.axes, ctx.keepdims, ctx.denom = axes, keepdims, builtins.max(n - correction, 0)
         d = x - mean
-        total = (d * d).sum(axis=axes, keepdims=keepdims)
-        return total / ctx.denom if ctx.denom else total * x.dtype.type("nan")
+        # no degrees of freedom left: inf (or NaN for 0 / 0), as PyTorch
+        denom = x.dtype.type(builtins.max(n - correction, 0))
+        out = xp.true_divide((d * d).sum(axis=axes, keepdims=keepdims), denom)
+        if sqrt:
+            out = xp.sqrt(out)
+        ctx.save_for_backward(d, out)
+        ctx.axes, ctx.keepdims, ctx.denom, ctx.sqrt = axes, keepdims, denom, sqrt
+        return out
 
     @staticmethod
     def backward(ctx, g):
-        x, mean = ctx.saved
-        g = unreduce(g, ctx.axes, ctx.keepdims, x.ndim, ctx.xp)
-        scale = 2.0 / ctx.denom if ctx.denom else float("nan")   # as PyTorch: NaN, not an exception
-        return g * x.dtype.type(scale) * (x - mean), None, None, None
+        xp = ctx.xp
+        d, out = ctx.saved
+        if ctx.sqrt:   # d std = d var / (2 std), and 0 where std = 0
+            g = xp.where(out == 0, 0, g / xp.where(out == 0, 1, 2 * out)).astype(d.dtype, copy=False)
+        g = unreduce(g, ctx.axes, ctx.keepdims, d.ndim, xp)
+        return g * (2 / ctx.denom) * d, None, None, None, None
 
 
 class LogSumExp(Function):
@@ -398,9 +410,14 @@ class LogSumExp(Function):
 
 
 def _reduce_args(x, dim, op):
+    """The axes to reduce, as PyTorch: ``None`` and ``()`` mean all of them,
+    and a 0-d tensor takes dim 0 or -1 (reducing nothing)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{op}: expected a Tensor, got {type(x).__name__}")
-    return norm_axis(dim, x.ndim, op)
+    if isinstance(dim, (tuple, list)) and not dim:
+        dim = None
+    axes = norm_axis(dim, x.ndim, op)
+    return axes if x.ndim else ()
 
 
 def sum(x, dim=None, keepdim=False):
@@ -457,6 +474,8 @@ def _max_min(x, dim, keepdim, is_max):
     if x.numel() == 0:
         raise ValueError(f"{op}: expected a non-empty tensor, got shape {x.shape}")
     if isinstance(dim, numbers.Integral):
+        if x.ndim == 0:                    # dim 0 of a 0-d tensor: itself, index 0
+            return _max_min(x.reshape(1), 0, False, is_max)
         axis = axes[0]
         idx = x.device.backend.xp.expand_dims((x.data.argmax if is_max else x.data.argmin)(axis=axis), axis)
         out = MaxMinDim.apply(x, idx, axis, keepdim)       # the index found once, for both
@@ -467,12 +486,17 @@ def _max_min(x, dim, keepdim, is_max):
 
 def max(x, dim=None, keepdim=False):
     """The largest value; with an int ``dim``, ``(values, indices)`` as in PyTorch
-    (the gradient goes to the index); with a tuple of dims, the values (ties share it)."""
+    (the gradient goes to the index); with a tuple of dims, the values (ties share it);
+    with a Tensor, the element-wise :func:`maximum`."""
+    if isinstance(dim, Tensor):
+        return maximum(x, dim)
     return _max_min(x, dim, keepdim, True)
 
 
 def min(x, dim=None, keepdim=False):
     """The smallest value; see :func:`max`."""
+    if isinstance(dim, Tensor):
+        return minimum(x, dim)
     return _max_min(x, dim, keepdim, False)
 
 
@@ -485,17 +509,30 @@ def amin(x, dim=None, keepdim=False):
     return MaxMin.apply(x, _reduce_args(x, dim, "amin"), keepdim, False)
 
 
-def var(x, dim=None, keepdim=False, correction=1, unbiased=None):
-    """Variance; ``correction=1`` (Bessel) by default as in PyTorch."""
-    if unbiased is not None:
-        correction = 1 if unbiased else 0
-    axes = _reduce_args(x, dim, "var")
-    require_float(x, "var")
-    return Var.apply(x, axes, keepdim, correction)
+def _var(x, dim, unbiased, keepdim, correction, op):
+    if isinstance(dim, bool):                  # var(x, unbiased), as PyTorch
+        if unbiased is not None:
+            raise TypeError(f"{op}: got unbiased twice ({dim!r} and {unbiased!r})")
+        dim, unbiased = None, dim
+    if unbiased is not None and correction is not None:
+        raise TypeError(f"{op}: give unbiased or correction, not both")
+    if correction is None:
+        correction = 0 if unbiased is False else 1
+    axes = _reduce_args(x, dim, op)
+    require_float(x, op)
+    return Var.apply(x, axes, keepdim, correction, op == "std")
 
 
-def std(x, dim=None, keepdim=False, correction=1, unbiased=None):
-    return sqrt(var(x, dim, keepdim, correction, unbiased))
+def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    """Variance with PyTorch's arguments: ``correction=1`` (Bessel) unless
+    ``unbiased=False`` or ``correction`` says otherwise; ``var(x, False)`` is
+    the biased variance of every element, ``var(x, 0, False)`` along dim 0."""
+    return _var(x, dim, unbiased, keepdim, correction, "var")
+
+
+def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    """Standard deviation; the arguments of :func:`var`."""
+    return _var(x, dim, unbiased, keepdim, correction, "std")
 
 
 def logsumexp(x, dim=None, keepdim=False):

@@ -54,7 +54,10 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     m = input.numel() // c
     if training and m <= 1:
         raise ValueError(f"{op}: expected more than one value per channel when training, got input {input.shape}")
-    use_batch = training or running_mean is None
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError(f"{op}: expected running_mean and running_var when training=False "
+                         f"(the statistics to normalise with), got None")
+    use_batch = bool(training)
     rm = running_mean.data if running_mean is not None else None
     rv = running_var.data if running_var is not None else None
     return BatchNorm.apply(input, weight, bias, rm, rv, float(eps), float(momentum), use_batch)

@@ -172,8 +172,9 @@ class Optimizer:
         """The optimizer's state in PyTorch's layout.
 
         ``{'state': {index: {name: Tensor | int}}, 'param_groups': [{..., 'params': [index, ...]}]}``
-        where parameters are numbered in group order.  The Tensors are the
-        optimizer's own (no copy, as in PyTorch); ``load_state_dict`` copies.
+        where parameters are numbered in group order.  A snapshot: the
+        Tensors are copies, so later steps change neither them nor their
+        'step' (PyTorch hands out its live buffers and step counters instead).
         """
         index, groups = {}, []
         for group in self.param_groups:
@@ -181,7 +182,9 @@ class Optimizer:
             for p in group["params"]:
                 ids.append(index.setdefault(id(p), len(index)))
             groups.append(dict({k: v for k, v in group.items() if k != "params"}, params=ids))
-        state = {index[id(p)]: dict(s) for p, s in self.state.items() if s and id(p) in index}
+        state = {index[id(p)]: {k: Tensor._make(v.data.copy(), v.device) if isinstance(v, Tensor) else v
+                                for k, v in s.items()}
+                 for p, s in self.state.items() if s and id(p) in index}
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict):
