@@ -250,11 +250,11 @@ def writeable(a):
 def _accumulate_leaf(t, g):
     if g.shape != t.data.shape or g.dtype != t.data.dtype:
         g = _reduce_to(g, t.data.shape, t.data.dtype)
-    if t.grad is None:
+    if t._grad is None:
         # own the storage: g may be a broadcast view, the caller's gradient, or shared
         # with another leaf (a + b hands both the same array)
-        t.grad = Tensor._make(g.copy(), t.device)
-    elif writeable(t.grad.data):
-        t.grad.data += g            # .grad owns its storage (above), as in PyTorch
+        t._grad = Tensor._make(g.copy(), t.device)
+    elif writeable(t._grad.data):
+        t._grad.data += g           # .grad owns its storage (above), as in PyTorch
     else:                           # a read-only array a user assigned
-        t.grad = Tensor._make(t.grad.data + g, t.device)
+        t._grad = Tensor._make(t._grad.data + g, t.device)

@@ -44,13 +44,13 @@ class Tensor:
     ``grad`` is a Tensor or None; ``requires_grad`` marks leaves to train.
     """
 
-    __slots__ = ("data", "device", "requires_grad", "grad", "_node", "__weakref__")
+    __slots__ = ("data", "device", "requires_grad", "_grad", "_node", "__weakref__")
     __array_priority__ = 1000  # numpy scalars defer to our operators
 
     def __init__(self, data, device=None, requires_grad=False, dtype=None):
         t = tensor(data, dtype=dtype, device=device, requires_grad=requires_grad)
         self.data, self.device = t.data, t.device
-        self.requires_grad, self.grad, self._node = t.requires_grad, None, None
+        self.requires_grad, self._grad, self._node = t.requires_grad, None, None
 
     @classmethod
     def _make(cls, array, device, requires_grad=False):
@@ -60,9 +60,28 @@ class Tensor:
         t.data = array
         t.device = device
         t.requires_grad = requires_grad
-        t.grad = None
+        t._grad = None
         t._node = None
         return t
+
+    @property
+    def grad(self):
+        """The accumulated gradient (a Tensor like this one) or None."""
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        # as PyTorch: an assigned gradient matches the tensor in kind, place and shape
+        if value is not None:
+            if not isinstance(value, Tensor):
+                raise TypeError(f"grad: expected a Tensor or None, got {type(value).__name__}")
+            if value.device != self.device:
+                raise ValueError(f"grad: expected a gradient on {self.device}, got one on {value.device}")
+            if value.dtype != self.dtype:
+                raise TypeError(f"grad: expected a gradient of dtype {self.dtype}, got {value.dtype}")
+            if value.shape != self.shape:
+                raise ValueError(f"grad: expected a gradient of shape {self.shape}, got {value.shape}")
+        self._grad = value
 
     # ---- properties --------------------------------------------------
     @property

@@ -135,3 +135,16 @@ def test_numpy_scalars_keep_their_dtype_as_in_pytorch():
     assert gpudl.tensor(np.int32(3)).dtype == np.int32
     assert gpudl.tensor([np.float64(1.0), np.float64(2.0)]).dtype == np.float64
     assert gpudl.tensor(1.5).dtype == np.float32 and gpudl.tensor([1, 2]).dtype == np.int64
+
+
+def test_assigned_gradients_must_match_the_tensor():
+    p = gpudl.tensor(np.ones((2, 3)), requires_grad=True)
+    p.grad = gpudl.tensor(np.zeros((2, 3)))
+    with pytest.raises(TypeError, match="dtype float64, got float32"):
+        p.grad = gpudl.tensor(np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"shape \(2, 3\), got \(3,\)"):
+        p.grad = gpudl.tensor(np.zeros(3))
+    with pytest.raises(TypeError, match="Tensor or None"):
+        p.grad = np.zeros((2, 3))
+    p.grad = None
+    assert p.grad is None
