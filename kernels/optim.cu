@@ -1,5 +1,5 @@
-// optim.cu -- one fused, in-place update per parameter for SGD and Adam / AdamW
-// (one thread per element; the host computes the per-step scalars).
+// optim.cu -- one fused, in-place update per parameter for SGD, Adam / AdamW and
+// RMSprop (one thread per element; the host computes the per-step scalars).
 //
 // SGD, with d = (maximize ? -g : g) + weight_decay * p:
 //   buf = first ? d : momentum * buf + (1 - dampening) * d        (momentum != 0)
@@ -14,6 +14,13 @@
 //   v_max = max(v_max, v), used for v        (amsgrad; v_max is touched only then)
 //   p  -= step_size * m / (sqrt(v) / bc2_sqrt + eps)
 // where step_size = lr / (1 - beta1^t) and bc2_sqrt = sqrt(1 - beta2^t).
+//
+// RMSprop, with d = (maximize ? -g : g) + weight_decay * p:
+//   v   = alpha * v + (1 - alpha) * d * d
+//   a   = alpha * a + (1 - alpha) * d        (centered; a is touched only then)
+//   s   = d / ((centered ? sqrt(v - a * a) : sqrt(v)) + eps)
+//   buf = momentum * buf + s;  p -= lr * buf  (momentum != 0; buf touched only then)
+//   p  -= lr * s                             (otherwise)
 #include "common.cuh"
 
 template <typename T>
@@ -54,6 +61,30 @@ __device__ void adam_impl(T* __restrict__ p, const T* __restrict__ g, T* __restr
     }
 }
 
+template <typename T>
+__device__ void rmsprop_impl(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ v,
+                             T* __restrict__ a, T* __restrict__ buf, gd_index n, T lr, T alpha,
+                             T eps, T weight_decay, T momentum, int maximize, int centered) {
+    GD_KERNEL_LOOP(i, n) {
+        T d = maximize ? -g[i] : g[i];
+        if (weight_decay != T(0)) d += weight_decay * p[i];
+        const T vi = alpha * v[i] + (T(1) - alpha) * d * d;
+        v[i] = vi;
+        T spread = vi;
+        if (centered) {
+            const T ai = alpha * a[i] + (T(1) - alpha) * d;
+            a[i] = ai;
+            spread = vi - ai * ai;
+        }
+        T step = d / (gd_sqrt(spread) + eps);
+        if (momentum != T(0)) {
+            step += momentum * buf[i];
+            buf[i] = step;
+        }
+        p[i] -= lr * step;
+    }
+}
+
 extern "C" __global__ void sgd_update_f32(float* p, const float* g, float* buf, long long n,
                                           float lr, float momentum, float dampening,
                                           float weight_decay, int nesterov, int maximize,
@@ -81,4 +112,18 @@ extern "C" __global__ void adam_update_f64(double* p, const double* g, double* m
                                            int amsgrad) {
     adam_impl<double>(p, g, m, v, v_max, n, beta1, beta2, eps, weight_decay, decay, step_size,
                       bc2_sqrt, maximize, amsgrad);
+}
+extern "C" __global__ void rmsprop_update_f32(float* p, const float* g, float* v, float* a,
+                                              float* buf, long long n, float lr, float alpha,
+                                              float eps, float weight_decay, float momentum,
+                                              int maximize, int centered) {
+    rmsprop_impl<float>(p, g, v, a, buf, n, lr, alpha, eps, weight_decay, momentum, maximize,
+                        centered);
+}
+extern "C" __global__ void rmsprop_update_f64(double* p, const double* g, double* v, double* a,
+                                              double* buf, long long n, double lr, double alpha,
+                                              double eps, double weight_decay, double momentum,
+                                              int maximize, int centered) {
+    rmsprop_impl<double>(p, g, v, a, buf, n, lr, alpha, eps, weight_decay, momentum, maximize,
+                         centered);
 }

@@ -35,6 +35,19 @@ def adam(be, host, amsgrad, step, **opts):
     return [be.to_numpy(a) for a in (p, m, v, vmax)]
 
 
+def rms_arrays(shape, dtype, seed=0):
+    """p, g, v, a, buf with the square average v well above a**2 (a well-conditioned sqrt)."""
+    p, g, v, a, buf = arrays(shape, dtype, 5, seed)
+    return [p, g, (np.abs(v) + a * a + 0.5).astype(dtype), a, buf]
+
+
+def rmsprop(be, host, centered, momentum, **opts):
+    p, g, v, a, buf = (be.asarray(a.copy()) for a in host)
+    be.rmsprop_update(p, g, v, a if centered else None, buf if momentum else None, 0.01, 0.9, 1e-8,
+                      momentum=momentum, **opts)
+    return [be.to_numpy(x) for x in (p, v, a, buf)]
+
+
 def same(got, want, dtype):
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, **TOL[dtype])
@@ -64,6 +77,21 @@ def test_adam_kernel_matches_the_cpu_twin(emu, shape, dtype):
         same(adam(emu, host, amsgrad, step, **opts), adam(cpu, host, amsgrad, step, **opts), dtype)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_rmsprop_kernel_matches_the_cpu_twin(emu, shape, dtype):
+    host = rms_arrays(shape, dtype)
+    for centered, momentum, wd, maximize in itertools.product(
+            (False, True), (0.0, 0.9), (0.0, 0.05), (False, True)):
+        opts = dict(weight_decay=wd, maximize=maximize)
+        got, want = rmsprop(emu, host, centered, momentum, **opts), rmsprop(cpu, host, centered, momentum, **opts)
+        same(got, want, dtype)
+        if not centered:                          # state that is not used stays untouched
+            np.testing.assert_array_equal(got[2], host[3])
+        if not momentum:
+            np.testing.assert_array_equal(got[3], host[4])
+
+
 def test_device_updates_match_the_cpu(device):
     """Every device's backend (CPU, emulated, a real GPU) against the CPU twin, float32."""
     be = device.backend
@@ -72,6 +100,9 @@ def test_device_updates_match_the_cpu(device):
          adam(cpu, host, True, 3, weight_decay=0.01, decoupled=True, maximize=False), np.float32)
     opts = dict(momentum=0.9, dampening=0.0, weight_decay=1e-4, nesterov=True, maximize=False)
     same(sgd(be, host[:3], False, **opts), sgd(cpu, host[:3], False, **opts), np.float32)
+    host = rms_arrays((64, 33), np.float32, seed=3)
+    opts = dict(weight_decay=1e-4, maximize=False)
+    same(rmsprop(be, host, True, 0.9, **opts), rmsprop(cpu, host, True, 0.9, **opts), np.float32)
 
 
 def test_a_strided_parameter_is_updated_in_place(emu):
@@ -95,6 +126,10 @@ def test_wrappers_refuse_bad_input(emu):
     with pytest.raises(ValueError, match=r"adam_update v: expected the parameter's shape \(3, 2\), got \(6,\)"):
         emu.adam_update(p, p.copy(), p.copy(), xp.ones(6, dtype=np.float32), None, 0.1, 0.9, 0.99,
                         1e-8, 0.0, False, False, 1)
+    with pytest.raises(ValueError, match="with momentum, its buffer"):
+        emu.rmsprop_update(p, p.copy(), p.copy(), None, None, 0.1, 0.9, 1e-8, 0.0, 0.9, False)
+    with pytest.raises(TypeError, match="rmsprop_update p is float32 but rmsprop_update v is float64"):
+        emu.rmsprop_update(p, p.copy(), xp.ones((3, 2)), None, None, 0.1, 0.9, 1e-8, 0.0, 0.0, False)
     with pytest.raises(ValueError, match="step counts from 1, got 0"):
         emu.adam_update(p, p.copy(), p.copy(), p.copy(), None, 0.1, 0.9, 0.99, 1e-8, 0.0, False, False, 0)
 

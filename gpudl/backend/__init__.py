@@ -60,7 +60,12 @@ Kernel-level functions (identical signatures on every backend)::
                 decoupled, maximize, step, scratch=None) -> None
         One Adam (AdamW with ``decoupled``) step in place on p, m, v and
         v_max (None unless amsgrad); ``step`` counts from 1.
-    For both, p, g and the state arrays have one shape and float dtype;
+    rmsprop_update(p, g, v, a, buf, lr, alpha, eps, weight_decay, momentum,
+                   maximize, scratch=None) -> None
+        One RMSprop step in place on p, v (the square average), a (the
+        gradient average: None unless centered) and buf (None unless
+        momentum != 0).
+    For all three, p, g and the state arrays have one shape and float dtype;
     ``scratch`` is None or two arrays like p for temporaries (the CPU
     backend's; kernels need none).  The formulas are in kernels/optim.cu.
 
@@ -91,7 +96,7 @@ BACKEND_API = (
     "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
     "lstm_cell_forward", "lstm_cell_backward",
     "batch_norm_forward", "batch_norm_backward",
-    "sgd_update", "adam_update",
+    "sgd_update", "adam_update", "rmsprop_update",
 )
 
 

@@ -1,6 +1,6 @@
 """Fused optimizer updates for the CPU backend, in NumPy.
 
-The twins of ``sgd_update_*`` / ``adam_update_*`` in ``kernels/optim.cu``; the
+The twins of ``sgd_update_*`` / ``adam_update_*`` / ``rmsprop_update_*`` in ``kernels/optim.cu``; the
 contract is in :mod:`gpudl.backend`.  Every step works in place on the
 parameter and its state; temporaries go to ``scratch`` (two arrays shaped
 like the parameter, which the optimizer keeps between steps), so a step
@@ -51,3 +51,24 @@ def adam_update(p, g, m, v, v_max, lr, beta1, beta2, eps, weight_decay, decouple
     denom /= c(math.sqrt(1 - beta2 ** step))
     denom += c(eps)
     p -= np.multiply(np.divide(m, denom, out=t), c(lr / (1 - beta1 ** step)), out=t)
+
+
+def rmsprop_update(p, g, v, a, buf, lr, alpha, eps, weight_decay, momentum, maximize, scratch=None):
+    c = p.dtype.type
+    s, t = _temporaries(p, scratch)
+    d = direction(np, p, g, s, weight_decay, maximize)
+    ema(np, v, np.multiply(d, d, out=t), alpha, t)
+    if a is not None:
+        ema(np, a, d, alpha, t)
+        denom = np.sqrt(np.subtract(v, np.multiply(a, a, out=t), out=t), out=t)
+    else:
+        denom = np.sqrt(v, out=t)
+    denom += c(eps)
+    step = np.divide(d, denom, out=t)
+    if momentum:
+        buf *= c(momentum)
+        buf += step
+        step = np.multiply(buf, c(lr), out=t)
+    else:
+        step *= c(lr)
+    p -= step

@@ -741,6 +741,16 @@ class _Backend:
                                 c(lr / (1 - beta1 ** step)), c(math.sqrt(1 - beta2 ** step)),
                                 numpy.int32(bool(maximize)), numpy.int32(v_max is not None)))
 
+    def rmsprop_update(self, p, g, v, a, buf, lr, alpha, eps, weight_decay, momentum, maximize,
+                       scratch=None):
+        if v is None or (momentum and buf is None):
+            raise ValueError("rmsprop_update: needs its square average"
+                             + (" and, with momentum, its buffer" if momentum else ""))
+        self._update("rmsprop_update", p, g,
+                     [("v", v), ("a", a), ("buf", buf if momentum else None)],
+                     lambda c: (c(lr), c(alpha), c(eps), c(weight_decay), c(momentum),
+                                numpy.int32(bool(maximize)), numpy.int32(a is not None)))
+
 
 def make_backend(xp, get_module, special, name, *, device_index=None):
     """A backend namespace exposing exactly :data:`gpudl.backend.BACKEND_API`.

@@ -65,4 +65,4 @@ from ._cpu_kernels import (  # noqa: E402,F401  (the kernel-level ops)
 )
 from ._cpu_rnn import lstm_cell_forward, lstm_cell_backward  # noqa: E402,F401
 from ._cpu_norm import batch_norm_forward, batch_norm_backward  # noqa: E402,F401
-from ._cpu_optim import sgd_update, adam_update  # noqa: E402,F401
+from ._cpu_optim import sgd_update, adam_update, rmsprop_update  # noqa: E402,F401

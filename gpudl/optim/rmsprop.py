@@ -1,7 +1,6 @@
 """RMSprop, optionally centered and with momentum."""
 from __future__ import annotations
 
-from ..backend._shared import direction, ema
 from .optimizer import Optimizer, check_number
 
 
@@ -30,26 +29,10 @@ class RMSprop(Optimizer):
         check_number("momentum value", group["momentum"])
 
     def _update(self, p, g, state, group):
-        xp, c = p.device.backend.xp, p.dtype.type
-        alpha = group["alpha"]
-        s, t = self._scratch(p)
         v = self._buffer(state, "square_avg", p)
         state["step"] = state.get("step", 0) + 1
-        g = direction(xp, p.data, g, s, group["weight_decay"], group["maximize"])
-        ema(xp, v, xp.multiply(g, g, out=t), alpha, t)
-        if group["centered"]:
-            a = self._buffer(state, "grad_avg", p)
-            ema(xp, a, g, alpha, t)
-            denom = xp.sqrt(xp.subtract(v, xp.multiply(a, a, out=t), out=t), out=t)
-        else:
-            denom = xp.sqrt(v, out=t)
-        denom += c(group["eps"])
-        step = xp.divide(g, denom, out=t)
-        if group["momentum"] > 0:
-            buf = self._buffer(state, "momentum_buffer", p)
-            buf *= c(group["momentum"])
-            buf += step
-            step = xp.multiply(buf, c(group["lr"]), out=t)
-        else:
-            step *= c(group["lr"])
-        p.data -= step
+        a = self._buffer(state, "grad_avg", p) if group["centered"] else None
+        buf = self._buffer(state, "momentum_buffer", p) if group["momentum"] > 0 else None
+        p.device.backend.rmsprop_update(p.data, g, v, a, buf, group["lr"], group["alpha"], group["eps"],
+                                        group["weight_decay"], group["momentum"], group["maximize"],
+                                        scratch=self._cpu_scratch(p))
