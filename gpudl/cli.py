@@ -128,7 +128,10 @@ def _scheduler(name, opt, lr, epochs, steps_per_epoch):
     if name == "cosine":
         return S.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch), "batch"
     if name == "step":
-        return S.MultiStepLR(opt, milestones=[int(epochs * 0.5), int(epochs * 0.75)], gamma=0.1), "epoch"
+        # x0.1 after half and after three quarters of the epochs: distinct milestones, none
+        # before the first epoch (a repeated one would apply gamma twice, as in PyTorch)
+        milestones = sorted({max(1, int(epochs * 0.5)), max(1, int(epochs * 0.75))})
+        return S.MultiStepLR(opt, milestones=milestones, gamma=0.1), "epoch"
     raise ValueError(f"unknown schedule {name!r}; expected none, onecycle, cosine or step")
 
 
@@ -145,7 +148,7 @@ def cmd_train(args):
     dev = gpudl.device(args.device)
     train_ds, test_ds, transform, num_classes = DATASETS[args.data][0](args.data_root)
     train_tf, test_tf = transform if isinstance(transform, tuple) else (transform, transform)
-    if args.limit:
+    if args.limit is not None:
         train_ds = data.Subset(train_ds, range(min(args.limit, len(train_ds))))
         test_ds = data.Subset(test_ds, range(min(args.limit, len(test_ds))))
     train_loader = data.DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, drop_last=False,
@@ -169,8 +172,11 @@ def cmd_train(args):
         print(f"gpudl train: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\ninterrupted; the last complete epoch is saved in {trainer.checkpoint_path} "
-              f"(continue with --resume)", file=sys.stderr)
+        if os.path.exists(trainer.checkpoint_path):
+            print(f"\ninterrupted; the last complete epoch is saved in {trainer.checkpoint_path} "
+                  f"(continue with --resume)", file=sys.stderr)
+        else:
+            print("\ninterrupted before the first epoch ended; nothing was saved", file=sys.stderr)
         return 130
     final = trainer.history[-1] if trainer.history else None
     wall = time.perf_counter() - t0
@@ -180,7 +186,7 @@ def cmd_train(args):
     print(f"history:    {os.path.join(out, 'history.csv')} and history.json")
     png = os.path.join(out, "curves.png")
     print(f"plot:       {png}" if os.path.exists(png) else "plot:       (install matplotlib for curves.png)")
-    if args.min_accuracy is not None and final and final["val_acc"] < args.min_accuracy:
+    if args.min_accuracy is not None and final and not final["val_acc"] >= args.min_accuracy:
         print(f"test accuracy {final['val_acc']:.2%} is below the required {args.min_accuracy:.2%}", file=sys.stderr)
         return 1
     return 0
@@ -191,6 +197,16 @@ def cmd_bench(args, rest):
     return bench.main(rest)
 
 
+def _positive_int(text):
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="gpudl", description="gpudl: train and inspect models on a GPU or the CPU")
     sub = p.add_subparsers(dest="command", required=True)
@@ -199,8 +215,8 @@ def build_parser():
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--model", default="lenet5", help="model name (listed below)")
     t.add_argument("--data", default="mnist", help="dataset name (listed below)")
-    t.add_argument("--epochs", type=int, default=3)
-    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--epochs", type=_positive_int, default=3)
+    t.add_argument("--batch-size", type=_positive_int, default=64)
     t.add_argument("--lr", type=float, default=None, help="learning rate (default: per optimizer)")
     t.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw", "rmsprop"])
     t.add_argument("--momentum", type=float, default=0.9)
@@ -210,11 +226,12 @@ def build_parser():
     t.add_argument("--out", default=None, help="run folder (default runs/MODEL-DATA)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--early-stopping", type=int, default=None, metavar="EPOCHS")
+    t.add_argument("--early-stopping", type=_positive_int, default=None, metavar="EPOCHS")
     t.add_argument("--clip-grad-norm", type=float, default=None, metavar="MAX_NORM",
                    help="clip the gradients' joint norm before each step")
     t.add_argument("--data-root", default=None)
-    t.add_argument("--limit", type=int, default=None, help="use only the first N train and test examples")
+    t.add_argument("--limit", type=_positive_int, default=None,
+                   help="use only the first N train and test examples")
     t.add_argument("--min-accuracy", type=float, default=None, help="exit 1 if the final test accuracy is lower")
     t.add_argument("--no-progress", action="store_true")
     sub.add_parser("bench", help="benchmarks (see gpudl bench --help)", add_help=False)

@@ -77,13 +77,20 @@ def _decode(obj, npz, device):
     return {k: _decode(v, npz, device) for k, v in obj.items()}
 
 
+def _default_perms():
+    mask = os.umask(0)          # the only way to read it is to set it
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode="wb", perms=None):
     """Open a temporary file beside ``path``; rename it onto ``path`` only on success.
 
     Readers never see a half-written file; on an exception (Ctrl-C included)
     the temporary file is removed and ``path`` keeps what it had.  ``perms``:
-    the file's mode bits (None keeps ``mkstemp``'s private 0o600).
+    the file's mode bits (None: what ``open`` would give, 0o666 less the umask,
+    not ``mkstemp``'s private 0o600).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,8 +100,7 @@ def atomic_write(path, mode="wb", perms=None):
             yield f
             f.flush()
             os.fsync(f.fileno())
-        if perms is not None:
-            os.chmod(tmp, perms)
+        os.chmod(tmp, _default_perms() if perms is None else perms)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -16,6 +16,7 @@ import csv
 import io as _io
 import json
 import math
+import numbers
 import os
 import sys
 import time
@@ -90,6 +91,10 @@ class Trainer:
             raise ValueError(f"Trainer: expected scheduler_step 'epoch' or 'batch', got {scheduler_step!r}")
         if clip_grad_norm is not None and not clip_grad_norm > 0:
             raise ValueError(f"Trainer: expected clip_grad_norm > 0 or None, got {clip_grad_norm!r}")
+        if early_stopping is not None and (isinstance(early_stopping, bool) or not isinstance(
+                early_stopping, numbers.Integral) or early_stopping < 1):
+            raise ValueError(f"Trainer: expected early_stopping to be a number of epochs >= 1 or None, "
+                             f"got {early_stopping!r}")
         self.model = model
         self.optimizer = optimizer
         self.loss_fn = loss_fn or F.cross_entropy
@@ -308,10 +313,20 @@ def accuracy(model, loader):
 
 
 def confusion_matrix(model_or_predictions, loader_or_targets, num_classes=None):
-    """counts[i, j] = how many of class i were predicted as j."""
+    """counts[i, j] = how many of class i were predicted as j (classes 0 .. num_classes - 1)."""
     if hasattr(model_or_predictions, "parameters"):
         p, t = predict(model_or_predictions, loader_or_targets)
     else:
         p, t = numpy.asarray(model_or_predictions), numpy.asarray(loader_or_targets)
-    k = num_classes or int(max(p.max(), t.max()) + 1)
-    return numpy.bincount(t * k + p, minlength=k * k).reshape(k, k)
+    if p.shape != t.shape:
+        raise ValueError(f"confusion_matrix: {p.shape[0] if p.ndim else p.shape} predictions for "
+                         f"{t.shape[0] if t.ndim else t.shape} targets")
+    if p.dtype.kind not in "iu" or t.dtype.kind not in "iu":
+        raise TypeError(f"confusion_matrix: expected integer classes, got {p.dtype} and {t.dtype}")
+    k = num_classes or (int(max(p.max(), t.max()) + 1) if p.size else 0)
+    for name, a in (("prediction", p), ("target", t)):
+        bad = (a < 0) | (a >= k)
+        if bad.any():
+            raise ValueError(f"confusion_matrix: a {name} of class {int(a[bad][0])}, expected classes "
+                             f"0 .. {k - 1}")
+    return numpy.bincount((t * k + p).astype(numpy.int64), minlength=k * k).reshape(k, k)

@@ -204,6 +204,14 @@ def test_wrong_content_is_named(tmp_path):
         pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 12]}, f, protocol=2)
     with pytest.raises(DataFileError, match="labels must be classes 0-9, found 0..12"):
         data.cifar10("test", root=tmp_path)
+    with open(d / "test_batch", "wb") as f:        # float labels are not silently truncated
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1.7, 2.2]}, f, protocol=2)
+    with pytest.raises(DataFileError, match=r"test_batch: b'labels' is not a list of ints \(they are float64\)"):
+        data.cifar10("test", root=tmp_path)
+    with open(d / "test_batch", "wb") as f:        # keys of both kinds: still a message naming the file
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]}, f, protocol=2)
+    with pytest.raises(DataFileError, match=r"test_batch: holds \['labels', b'data'\], expected a dict"):
+        data.cifar10("test", root=tmp_path)
     (d / "batches.meta").write_bytes(b"x" * 158)        # the standard meta file's size: md5 checked first
     with pytest.raises(DataFileError, match="batches.meta: md5 is .*expected 5ff9c542aee3614f3951f8cda6e48888"):
         data.cifar10("train", root=tmp_path)

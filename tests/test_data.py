@@ -553,6 +553,10 @@ def test_loader_state_dict_resumes_the_same_order():
     rest = [b[0].numpy().tolist() for b in it] + ids(a)             # the rest of epoch 1, then epoch 2
     b = D.DataLoader(ds, batch_size=5, shuffle=True, seed=999)
     b.load_state_dict(state)
+    again = b.state_dict()               # saved again before iterating: the same state
+    assert again["batches_done"] == 2 and again["epoch"] == 1
+    np.testing.assert_equal(again["generator"], state["generator"])
+    b.load_state_dict(again)
     assert ids(b) + ids(b) == rest
     assert b.epoch == 3 and b.state_dict()["epoch"] == 3
     # a state taken between epochs starts the next epoch afresh

@@ -439,3 +439,34 @@ def test_rnn_scan_checks_its_arguments():
         rnn_scan("gru", x, gpudl.zeros(6, 5), gpudl.zeros(6, 2), h0=gpudl.zeros(3, 2))
     with pytest.raises(ValueError, match="c0 is for mode 'lstm' only"):
         rnn_scan("rnn_tanh", x, gpudl.zeros(2, 5), gpudl.zeros(2, 2), c0=gpudl.zeros(2, 2))
+
+
+@pytest.mark.parametrize("mode", ["RNN", "LSTM", "GRU"])
+def test_final_state_does_not_share_the_outputs_memory(mode):
+    gpudl.manual_seed(0)
+    layer = getattr(nn, mode)(3, 4)
+    x = gpudl.tensor(np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32))
+    out, state = layer(x)
+    h = state[0] if mode == "LSTM" else state
+    want = h.numpy().copy()
+    np.testing.assert_array_equal(want[0], out.numpy()[-1])
+    out.data[...] = 0                              # writing the output leaves h_n alone, as in PyTorch
+    np.testing.assert_array_equal(h.numpy(), want)
+
+
+def test_relu_rnn_passes_the_gradient_at_nan():
+    gpudl.manual_seed(0)
+    layer = nn.RNN(2, 3, nonlinearity="relu")
+    with gpudl.no_grad():
+        layer.weight_ih_l0.data[...] = 1.0
+    x = gpudl.tensor(np.array([[[np.nan, 1.0]]], np.float32))
+    out, _ = layer(x)
+    out.sum().backward()
+    np.testing.assert_array_equal(layer.weight_ih_l0.grad.numpy()[:, 1], [1.0, 1.0, 1.0])
+
+
+def test_lstm_cell_needs_both_states():
+    cell = nn.LSTMCell(2, 3)
+    x = gpudl.zeros((1, 2))
+    with pytest.raises(TypeError, match=r"tuple of two Tensors \(h, c\)"):
+        cell(x, (gpudl.zeros((1, 3)), None))

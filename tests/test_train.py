@@ -115,6 +115,32 @@ def test_early_stopping(tiny_mnist):
     assert len(hist) == 2
 
 
+def test_early_stopping_needs_a_patience_of_one_epoch_or_more():
+    m = models.create("mlp")
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="early_stopping to be a number of epochs >= 1"):
+            Trainer(m, optim.SGD(m.parameters(), lr=0.1), early_stopping=bad, progress=False, log=None)
+
+
+def test_confusion_matrix_counts_and_refuses_classes_out_of_range():
+    cm = confusion_matrix(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), 3)
+    np.testing.assert_array_equal(cm, [[1, 0, 0], [0, 1, 0], [0, 1, 1]])
+    with pytest.raises(ValueError, match=r"a prediction of class 2, expected classes 0 .. 1"):
+        confusion_matrix(np.array([2, 0]), np.array([0, 1]), num_classes=2)
+    with pytest.raises(ValueError, match=r"a target of class -100"):
+        confusion_matrix(np.array([0, 1]), np.array([-100, 1]), num_classes=2)
+    with pytest.raises(ValueError, match="2 predictions for 3 targets"):
+        confusion_matrix(np.array([0, 1]), np.array([0, 1, 1]))
+
+
+def test_cli_step_schedule_drops_once_per_milestone_and_never_before_epoch_one():
+    from gpudl.cli import _scheduler
+    for epochs, want in ((1, [1]), (2, [1]), (3, [1, 2]), (8, [4, 6])):
+        m = models.create("mlp")
+        sched, when = _scheduler("step", optim.SGD(m.parameters(), lr=0.1), 0.1, epochs, 10)
+        assert when == "epoch" and sorted(sched.milestones) == want
+
+
 def test_checkpoint_of_another_model_names_the_keys(tiny_mnist):
     dev = gpudl.device("cpu")
     train, _ = _loaders(dev)
@@ -161,6 +187,9 @@ def test_cli_errors_and_help(tiny_mnist):
     r = _cli(["train", "--help"], {}, tiny_mnist)
     for name in models.names() + ["mnist", "cifar10", "seqmnist"]:
         assert name in r.stdout
+    for flag in ("--limit", "--epochs", "--early-stopping"):
+        r = _cli(["train", flag, "0"], {}, tiny_mnist)
+        assert r.returncode == 2 and "expected a positive integer, got 0" in r.stderr
     r = _cli(["info"], {"GPUDL_DEVICE": "cpu"}, tiny_mnist)
     assert r.returncode == 0 and "NumPy" in r.stdout and "conv2d.cu" in r.stdout
 

@@ -155,12 +155,15 @@ def read_python_batch(path):
     """(images (n, 3, 32, 32) uint8, labels (n,) int64) from a python-version batch file."""
     obj = load_pickle(path)
     if not isinstance(obj, dict) or b"data" not in obj or b"labels" not in obj:
-        keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        keys = sorted(obj, key=repr) if isinstance(obj, dict) else type(obj).__name__
         raise DataFileError(f"{path}: holds {keys}, expected a dict with keys b'data' and b'labels' "
                             f"(the CIFAR-10 python version)")
     try:
         images = numpy.asarray(obj[b"data"])
-        labels = numpy.asarray(obj[b"labels"], dtype=numpy.int64)
+        raw = numpy.asarray(obj[b"labels"])
+        if raw.size and raw.dtype.kind not in "iu":
+            raise TypeError(f"they are {raw.dtype}")
+        labels = raw.astype(numpy.int64)
     except (TypeError, ValueError) as e:
         raise DataFileError(f"{path}: b'labels' is not a list of ints ({e})") from None
     return _check_batch(path, images, labels)

@@ -142,11 +142,14 @@ class DataLoader:
 
     def state_dict(self):
         """Where the loader stands: epochs done, batches done in this epoch, the order's generator."""
+        current = None if self._generator is None else self._generator.bit_generator.state
         if self._in_epoch and self._position < len(self):
             gen, pos, epoch = self._epoch_start, self._position, self.epoch
+        elif not self._in_epoch and self._resume_at:
+            # loaded mid-epoch and not iterated since: the state it was given
+            gen, pos, epoch = current, self._resume_at, self.epoch
         else:  # between epochs (or all batches of this one already handed out)
-            gen = None if self._generator is None else self._generator.bit_generator.state
-            pos, epoch = 0, self.epoch + (1 if self._in_epoch else 0)
+            gen, pos, epoch = current, 0, self.epoch + (1 if self._in_epoch else 0)
         transforms = [t.state_dict() for fn in (self.transform, self.target_transform)
                       for t in _stateful(fn)]
         return {"epoch": epoch, "batches_done": pos, "generator": copy.deepcopy(gen),

@@ -183,8 +183,9 @@ class RNNBase(Module):
                 x = dropout(x, self.dropout, True)
         if self.batch_first and batched:
             x = x.transpose(0, 1)
-        h_n = stack(hs) if len(hs) > 1 else hs[0].unsqueeze(0)
-        c_n = (stack(cs) if len(cs) > 1 else cs[0].unsqueeze(0)) if lstm else None
+        # stacked even when there is one: h_n must not share memory with the output's last step
+        h_n = stack(hs)
+        c_n = stack(cs) if lstm else None
         if not batched:
             x = x.squeeze(1)
             h_n = h_n.squeeze(1)
@@ -320,8 +321,10 @@ class LSTMCell(RNNCellBase):
         super().__init__(input_size, hidden_size, bias, 4, device=device, dtype=dtype)
 
     def forward(self, input, hx=None):
-        if hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-            raise TypeError(f"LSTMCell: expected hx to be a tuple (h, c), got {type(hx).__name__}")
+        if hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2
+                                   and hx[0] is not None and hx[1] is not None):
+            raise TypeError(f"LSTMCell: expected hx to be a tuple of two Tensors (h, c), got "
+                            f"{type(hx).__name__ if not isinstance(hx, (tuple, list)) else [type(v).__name__ for v in hx]}")
         x, (h, c), batched = self._check_step(input, [("h", None if hx is None else hx[0]),
                                                      ("c", None if hx is None else hx[1])])
         gx, gh = self._projections(x, h)

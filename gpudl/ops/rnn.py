@@ -401,7 +401,7 @@ class _Scan:
                     xp.subtract(1, gxt, out=gxt)
                     gxt *= g
                 else:
-                    xp.multiply(g, h > 0, out=gxt)
+                    xp.multiply(g, h != 0, out=gxt)     # h >= 0 or NaN (NaN passes g, as PyTorch)
         gh_prev = None
         if need_h and ctx.has_h:
             gh_prev = xp.matmul(gh_all[t], self.w)
