@@ -340,3 +340,45 @@ def test_linear_errors():
         clf.loss_of(X[:2], [10, 99])
     with pytest.raises(ValueError, match=r"templates: shape \(2, 2\) holds 4 values, but W has 5"):
         clf.templates((2, 2))
+
+
+def test_knn_is_accurate_for_float32_data_far_from_the_origin():
+    X = np.array([[1000, 1000], [1000.1, 1000.1], [1000.2, 1000]], np.float32)
+    knn = KNeighborsClassifier(1).fit(X, [0, 1, 2])
+    np.testing.assert_array_equal(knn.predict(X), [0, 1, 2])
+    dist, _ = knn.kneighbors(X + np.float32(0.01))
+    np.testing.assert_allclose(dist.ravel(), np.full(3, 0.01 * np.sqrt(2)), rtol=0.05)
+    r = np.random.default_rng(0)
+    X = (r.standard_normal((300, 20)) + 1e4).astype(np.float32)
+    assert KNeighborsClassifier(1).fit(X, np.arange(300)).score(X, np.arange(300)) == 1.0
+    scores = choose_k(X, np.arange(300) % 3, [1, 3], folds=3)
+    assert all(0.0 <= v <= 1.0 for v in scores.values())
+
+
+def test_choose_k_counts_a_repeated_k_once():
+    r = np.random.default_rng(1)
+    X, y = r.standard_normal((50, 3)), r.integers(0, 2, 50)
+    once, twice = choose_k(X, y, [3, 5]), choose_k(X, y, [3, 3, 5])
+    assert twice == once and max(once.values()) <= 1.0
+
+
+def test_features_must_be_numbers_and_at_least_one():
+    knn = KNeighborsClassifier(1)
+    with pytest.raises(ValueError, match="expected at least one feature, got shape"):
+        knn.fit(np.zeros((3, 0)), [0, 1, 2])
+    for bad in (np.array([["1", "2"], ["3", "4"]]), np.array([[1 + 2j, 0], [0, 1]])):
+        with pytest.raises(ValueError, match="expected numbers, got an array of dtype"):
+            knn.fit(bad, [0, 1])
+
+
+def test_set_weights_takes_classes_in_any_order():
+    r = np.random.default_rng(2)
+    W, b = r.standard_normal((4, 3)), r.standard_normal(4)
+    X = r.standard_normal((20, 3))
+    classes = np.array([3, 1, 2, 0])
+    a = LinearClassifier(loss="softmax").set_weights(W, b, classes=classes)
+    ref = classes[np.argmax(X @ W.T + b, axis=1)]
+    np.testing.assert_array_equal(a.predict(X), ref)
+    a.loss_of(X, ref)                                  # every label is known
+    with pytest.raises(ValueError, match="4 distinct labels"):
+        LinearClassifier().set_weights(W, b, classes=[0, 1, 1, 2])

@@ -39,6 +39,8 @@ def test_option_b_and_other_heads():
     assert _count(models.create("resnet32", shortcut="B")) == 466_906
     assert _count(models.create("resnet56", shortcut="B")) == 855_770
     assert _count(models.create("resnet20", num_classes=100)) == 269_722 + 90 * 65
+    assert _count(models.create("mlp", hidden=(64,))) == 784 * 64 + 64 + 64 * 10 + 10
+    assert _count(models.create("mlp", in_features=100, hidden=(), num_classes=3)) == 303
     with pytest.raises(ValueError, match="6n\\+2"):
         models.resnet_cifar(21)
 

@@ -81,16 +81,17 @@ def as_features(X, device, n_features=None, name="X"):
     elif be.is_array(X):
         arr = X
     else:
-        host = to_host(X)
-        if host.dtype.kind not in "biuf":
-            raise ValueError(f"{name}: expected numbers, got an array of dtype {host.dtype}")
-        arr = be.asarray(host)
+        arr = be.asarray(to_host(X))
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{name}: expected numbers, got an array of dtype {arr.dtype}")
     if arr.ndim < 2:
         raise ValueError(f"{name}: expected a 2-D array of shape (samples, features), got shape "
                          f"{tuple(arr.shape)}; reshape a single sample with x.reshape(1, -1)")
     if arr.shape[0] == 0:
         raise ValueError(f"{name}: expected at least one sample, got shape {tuple(arr.shape)}")
     arr = arr.reshape(arr.shape[0], -1)
+    if arr.shape[1] == 0:
+        raise ValueError(f"{name}: expected at least one feature, got shape {tuple(arr.shape)}")
     dtype = numpy.float64 if arr.dtype == numpy.float64 else numpy.float32
     arr = arr.astype(dtype, copy=False)
     if n_features is not None and arr.shape[1] != n_features:
@@ -205,7 +206,8 @@ class KNeighborsClassifier:
 
         As scikit-learn does, fit keeps X itself (no copy) when it is already
         a float32 / float64 array or Tensor on the device: do not change it
-        in place afterwards.
+        in place afterwards.  (L2 data far from the origin are kept as a
+        centred copy instead, so that float32 distances stay accurate.)
         """
         dev = estimator_device(self.device, X)
         arr = as_features(X, dev)
@@ -221,9 +223,11 @@ class KNeighborsClassifier:
         self.classes_ = classes
         self.n_features_in_ = arr.shape[1]
         self._codes = codes
-        self._X = arr
+        self._shift = None
         if self.metric == "l2":
+            arr, self._shift = _centre_if_far(arr, xp)
             self._sqnorm = xp.einsum("ij,ij->i", arr, arr)
+        self._X = arr
         self._xp = xp
         return self
 
@@ -255,6 +259,8 @@ class KNeighborsClassifier:
             raise ValueError(f"k={k} is larger than the training set ({n_train} samples)")
         Q = as_features(X, self.device_, self.n_features_in_)
         Q = Q.astype(self._X.dtype, copy=False)
+        if self._shift is not None:
+            Q = Q - self._shift
         return self._neighbors_arrays(Q, k, distances)
 
     def _rows_per_block(self, n_train):
@@ -298,6 +304,25 @@ class KNeighborsClassifier:
             diff.sum(axis=2, out=out[:, s:s + step])
 
 
+def _centre_if_far(arr, xp):
+    """(arr, None), or (arr - shift, shift) when the data sit far from the origin.
+
+    L2 distances come from |q|^2 - 2 q.t + |t|^2, whose rounding error grows
+    with the norms, not with the distances: float32 points around 1000 apart
+    by 0.1 all look equally far.  Distances do not change under a shift, so
+    when the mean's norm dominates the spread the training set is centred
+    (a copy) and queries are shifted alike.  Data near the origin (pixels,
+    standardised features) are left as they are, exact ties included."""
+    mean = arr.mean(axis=0, dtype=numpy.float64)
+    far = float((mean * mean).sum())
+    # mean |x|^2 - |mean|^2, the spread: only trusted when it is not swamped by the offset
+    spread = float(xp.einsum("ij,ij->", arr, arr, dtype=numpy.float64)) / arr.shape[0] - far
+    if far <= 64.0 * max(spread, 0.0):
+        return arr, None
+    shift = mean.astype(arr.dtype)
+    return arr - shift, shift
+
+
 # ---- choosing k by cross-validation ----------------------------------------------------
 
 def choose_k(X, y, ks, folds=5, metric="l2", seed=0, batch_size=None, device="auto"):
@@ -310,7 +335,7 @@ def choose_k(X, y, ks, folds=5, metric="l2", seed=0, batch_size=None, device="au
     ks = [ks] if isinstance(ks, numbers.Integral) else list(ks)
     if not ks:
         raise ValueError("ks: expected a non-empty list of integers k >= 1, got an empty one")
-    ks = [check_int("each k in ks", k) for k in ks]
+    ks = list(dict.fromkeys(check_int("each k in ks", k) for k in ks))   # each k once
     folds = check_int("folds", folds, low=2)
     probe = KNeighborsClassifier(max(ks), metric, batch_size, device)
     dev = estimator_device(device, X)
@@ -332,7 +357,8 @@ def choose_k(X, y, ks, folds=5, metric="l2", seed=0, batch_size=None, device="au
         train = dev.backend.asarray(numpy.concatenate(parts[:i] + parts[i + 1:]))
         held_dev = dev.backend.asarray(held)
         probe._fit_arrays(dev, arr[train], codes_dev[train], classes)
-        _, idx = probe._neighbors_arrays(arr[held_dev], max(ks), distances=False)
+        held_rows = arr[held_dev] if probe._shift is None else arr[held_dev] - probe._shift
+        _, idx = probe._neighbors_arrays(held_rows, max(ks), distances=False)
         labels = probe._codes[idx]
         truth = codes_dev[held_dev]
         for k in ks:

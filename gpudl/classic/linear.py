@@ -91,6 +91,12 @@ class LinearClassifier:
         classes = numpy.arange(C) if classes is None else numpy.asarray(classes)
         if classes.shape != (C,):
             raise ValueError(f"classes: expected {C} labels, got shape {classes.shape}")
+        order = numpy.argsort(classes, kind="stable")
+        if len(numpy.unique(classes)) != C:
+            raise ValueError(f"classes: expected {C} distinct labels, got {classes.tolist()}")
+        if (order != numpy.arange(C)).any():   # kept sorted (labels are looked up by bisection)
+            W_dev = W_dev[dev.backend.asarray(order)]
+            b_host, classes = b_host[order], classes[order]
         self._set(dev, W_dev, dev.backend.asarray(b_host.astype(W_dev.dtype)), classes)
         return self
 

@@ -11,7 +11,7 @@ from .rnn import lstm_classifier, LSTMClassifier  # noqa: F401
 _MNIST, _CIFAR = (1, 28, 28), (3, 32, 32)
 # name -> (constructor, expected input shape without the batch axis, description)
 _REGISTRY = {name: (fn, shape, desc) for name, fn, shape, desc in (
-    ("mlp", lambda num_classes=10, **kw: mlp(784, (256,), num_classes, **kw), _MNIST,
+    ("mlp", mlp, _MNIST,
      "fully connected 784-256-10 with ReLU (flattens its input)"),
     ("lenet5", lenet5, _MNIST, "LeNet-5: conv5(pad 2)-pool-conv5-pool-fc120-fc84-fc10"),
     ("lstm", lstm_classifier, _MNIST,
