@@ -53,6 +53,19 @@ class set_grad_enabled(_GradMode):
         self._mode = bool(mode)
         _state.enabled = self._mode
 
+    def __call__(self, fn):
+        """As a decorator: the mode applies inside ``fn`` only (not from now on)."""
+        import functools
+
+        _state.enabled = self._prev
+        mode = self._mode
+
+        @functools.wraps(fn)
+        def wrapper(*a, **k):
+            with set_grad_enabled(mode):
+                return fn(*a, **k)
+        return wrapper
+
     def __enter__(self):
         return self
 

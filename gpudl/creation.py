@@ -1,19 +1,21 @@
 """Tensor creation: zeros, ones, full, arange, eye, rand, randn, randint, *_like."""
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy
 
-from .tensor import Tensor, as_dtype, float32, int64, _default_device
+from .tensor import Tensor, as_dtype, float32, int64, _default_device, to_host
 from . import random as _random
 
 
 def _shape(size):
     if len(size) == 1 and isinstance(size[0], (tuple, list)):
         size = tuple(size[0])
-    try:
-        shape = tuple(int(s) for s in size)
-    except TypeError:
-        raise TypeError(f"expected a shape of ints, got {size!r}") from None
+    if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in size):
+        raise TypeError(f"expected a shape of ints, got {size!r}")
+    shape = tuple(int(s) for s in size)
     if any(s < 0 for s in shape):
         raise ValueError(f"expected non-negative sizes, got {shape}")
     return shape
@@ -40,9 +42,18 @@ def ones(*size, dtype=None, device=None, requires_grad=False):
 
 
 def full(size, fill_value, dtype=None, device=None, requires_grad=False):
+    """``size`` filled with ``fill_value``; the dtype follows it as in PyTorch (a Python float:
+    float32, an int: int64, a bool: bool; a NumPy scalar or a one-element Tensor: its own)."""
+    if isinstance(fill_value, Tensor):
+        if fill_value.numel() != 1:
+            raise ValueError(f"full: expected a one-element fill value, got a tensor of shape {fill_value.shape}")
+        fill_value = to_host(fill_value).reshape(())[()]          # a NumPy scalar of its dtype
     if dtype is None:
-        dtype = float32 if isinstance(fill_value, float) else (
-            numpy.dtype(bool) if isinstance(fill_value, bool) else int64)
+        if isinstance(fill_value, numpy.generic):
+            dtype = fill_value.dtype
+        else:
+            dtype = numpy.dtype(bool) if isinstance(fill_value, bool) else (
+                int64 if isinstance(fill_value, numbers.Integral) else float32)
     return _filled(fill_value, (size,) if isinstance(size, int) else tuple(size), dtype, device, requires_grad)
 
 
@@ -53,13 +64,24 @@ def empty(*size, dtype=None, device=None, requires_grad=False):
 
 
 def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False):
+    """[start, end) by ``step``; floating values are start + i * step computed in
+    float64, then rounded once to the dtype (as PyTorch, no accumulated drift)."""
     if end is None:
         start, end = 0, start
+    if step == 0:
+        raise ValueError("arange: step must be nonzero")
+    if (end - start) * step < 0:
+        raise ValueError(f"arange: the bounds {start} .. {end} and step {step} have inconsistent signs")
     if dtype is None:
         dtype = float32 if any(isinstance(v, float) for v in (start, end, step)) else int64
-    dev = _default_device(device)
-    arr = dev.backend.xp.arange(start, end, step, dtype=as_dtype(dtype))
-    return _finish(arr, dev, requires_grad)
+    dt = as_dtype(dtype)
+    xp = _default_device(device).backend.xp
+    if dt.kind == "f":
+        n = max(0, math.ceil((end - start) / step))
+        arr = (xp.arange(n, dtype=numpy.float64) * float(step) + float(start)).astype(dt)
+    else:
+        arr = xp.arange(start, end, step, dtype=dt)
+    return _finish(arr, _default_device(device), requires_grad)
 
 
 def linspace(start, end, steps, dtype=None, device=None, requires_grad=False):
@@ -80,17 +102,27 @@ def _from_host(host, dtype, device, requires_grad):
     return _finish(arr, dev, requires_grad)
 
 
+def _float_draw(op, dtype):
+    dt = as_dtype(dtype) or float32
+    if dt.kind != "f":
+        raise TypeError(f"{op}: expected a floating-point dtype, got {dt}")
+    return dt, (dt if dt in (numpy.float32, numpy.float64) else numpy.dtype(numpy.float32))
+
+
 def rand(*size, dtype=None, device=None, requires_grad=False):
     """Uniform [0, 1), drawn by the seeded CPU generator, then moved."""
-    dt = as_dtype(dtype) or float32
-    host = _random.cpu_generator().random(_shape(size), dtype=dt if dt in (numpy.float32, numpy.float64) else numpy.float64)
+    dt, draw = _float_draw("rand", dtype)
+    host = _random.cpu_generator().random(_shape(size), dtype=draw)
+    if draw != dt:      # e.g. float16: on its own grid below 1 (rounding could give 1.0)
+        step = 2.0 ** -(numpy.finfo(dt).nmant + 1)
+        host = numpy.floor(host / step) * step
     return _from_host(host, dt, device, requires_grad)
 
 
 def randn(*size, dtype=None, device=None, requires_grad=False):
     """Standard normal, drawn by the seeded CPU generator, then moved."""
-    dt = as_dtype(dtype) or float32
-    host = _random.cpu_generator().standard_normal(_shape(size), dtype=dt if dt in (numpy.float32, numpy.float64) else numpy.float64)
+    dt, draw = _float_draw("randn", dtype)
+    host = _random.cpu_generator().standard_normal(_shape(size), dtype=draw)
     return _from_host(host, dt, device, requires_grad)
 
 
@@ -102,8 +134,11 @@ def randint(low, high=None, size=(), dtype=None, device=None):
         low, high = 0, low
     if not low < high:
         raise ValueError(f"randint: expected low < high, got low={low}, high={high}")
+    dt = as_dtype(dtype) or int64
+    if dt.kind in "iu" and not (numpy.iinfo(dt).min <= low and high - 1 <= numpy.iinfo(dt).max):
+        raise ValueError(f"randint: [{low}, {high}) does not fit in {dt}")
     host = _random.cpu_generator().integers(low, high, size=_shape((size,) if isinstance(size, int) else tuple(size)))
-    return _from_host(host, as_dtype(dtype) or int64, device, False)
+    return _from_host(host, dt, device, False)
 
 
 def randperm(n, device=None):

@@ -170,16 +170,40 @@ class Tensor:
     def backward(self, gradient=None, retain_graph=False):
         autograd.backward(self, gradient, retain_graph)
 
+    def _check_inplace(self, op, other=None):
+        """In-place writes are not recorded by autograd: refused (as setitem) while
+        grad mode is on and this tensor, or what is written, requires grad."""
+        if autograd.is_grad_enabled() and (self.requires_grad or (isinstance(other, Tensor) and other.requires_grad)):
+            raise RuntimeError(f"{op}: an in-place write is not recorded by autograd and a tensor here requires "
+                               f"grad; do it under gpudl.no_grad() or on .detach()")
+
     def zero_(self):
+        self._check_inplace("zero_")
         self.data[...] = 0
         return self
 
     def copy_(self, other):
+        self._check_inplace("copy_", other)
         src = other.data if isinstance(other, Tensor) else self.device.backend.asarray(other)
         if isinstance(other, Tensor) and other.device != self.device:
             raise ValueError(f"copy_: source on {other.device}, destination on {self.device}")
         self.data[...] = src
         return self
+
+    # ---- copying and pickling ------------------------------------------------
+    def __deepcopy__(self, memo):
+        if self._node is not None:
+            raise RuntimeError("deepcopy: only tensors created by the user (graph leaves) can be "
+                               "deep-copied, as in PyTorch; deep-copy t.detach() instead")
+        new = Tensor._make(self.data.copy(), self.device, self.requires_grad)
+        memo[id(self)] = new
+        if self._grad is not None:
+            new._grad = Tensor._make(self._grad.data.copy(), self.device)
+        return new
+
+    def __reduce__(self):
+        # the values (on the host), dtype, device and requires_grad: never the graph
+        return (_unpickle, (self.device.backend.to_numpy(self.data).copy(), str(self.device), self.requires_grad))
 
     # ---- dlpack --------------------------------------------------------
     def __dlpack__(self, *args, **kwargs):
@@ -192,7 +216,9 @@ class Tensor:
         if self.device.type == "cuda":
             raise TypeError(f"can't convert a tensor on {self.device} to numpy implicitly; use .cpu().numpy()")
         a = self.data
-        return a if dtype is None else a.astype(dtype)
+        if dtype is not None and numpy.dtype(dtype) != a.dtype:
+            return a.astype(dtype)
+        return a.copy() if copy else a      # np.array(t) copies, np.asarray(t) shares, as numpy
 
     # ---- printing -------------------------------------------------------
     def __repr__(self):
@@ -251,11 +277,17 @@ class _ToDevice(autograd.Function):
         ctx = autograd.Context(dev, (x.requires_grad, False))
         ctx.src = x.device
         out_arr = as_device_array(x, dev, "to")
+        if out_arr is x.data:               # both NumPy (the emulated device): still a copy
+            out_arr = out_arr.copy()
         record = autograd.is_grad_enabled() and x.requires_grad
         out = Tensor._make(out_arr, dev, requires_grad=record)
         if record:
             out._node = autograd.Node(cls, ctx, (x, None))
         return out
+
+
+def _unpickle(host, device, requires_grad):
+    return Tensor._make(resolve(device).backend.asarray(host), resolve(device), bool(requires_grad))
 
 
 def to_host(a):
@@ -297,7 +329,7 @@ def _infer_dtype(data):
     a = numpy.asarray(data)
     typed = isinstance(data, (numpy.ndarray, numpy.generic)) or (
         isinstance(data, (list, tuple)) and len(data) > 0
-        and all(isinstance(v, (numpy.ndarray, numpy.generic)) for v in data))
+        and all(isinstance(v, (numpy.ndarray, numpy.generic, Tensor)) for v in data))
     if a.dtype.kind == "f":
         return a.dtype if typed else float32
     if a.dtype.kind in "iu":

@@ -148,3 +148,85 @@ def test_assigned_gradients_must_match_the_tensor():
         p.grad = np.zeros((2, 3))
     p.grad = None
     assert p.grad is None
+
+
+def test_np_array_copies_and_np_asarray_shares():
+    x = gpudl.tensor([1.0, 2.0])
+    a = np.array(x, copy=True)
+    a[0] = 42
+    assert x.tolist() == [1.0, 2.0]
+    np.asarray(x)[0] = 7                     # as numpy: asarray of a CPU tensor is a view
+    assert x.tolist() == [7.0, 2.0]
+
+
+def test_set_grad_enabled_as_a_decorator_applies_inside_only():
+    from gpudl.autograd import is_grad_enabled, set_grad_enabled
+
+    @set_grad_enabled(False)
+    def double(t):
+        return t * 2
+
+    assert is_grad_enabled()
+    w = gpudl.ones(2, requires_grad=True)
+    assert not double(w).requires_grad and (w * 2).requires_grad and is_grad_enabled()
+
+
+def test_in_place_writes_are_refused_while_recording():
+    w = gpudl.ones(2, requires_grad=True)
+    for write in (lambda: w.zero_(), lambda: w.copy_(gpudl.zeros(2)),
+                  lambda: gpudl.zeros(2).copy_(w)):
+        with pytest.raises(RuntimeError, match="in-place write is not recorded"):
+            write()
+    with gpudl.no_grad():
+        w.zero_()
+    assert w.tolist() == [0.0, 0.0]
+
+
+def test_deepcopy_and_pickle_never_take_the_graph():
+    import copy
+    import pickle
+    w = gpudl.tensor([1.0, 2.0], requires_grad=True)
+    w.grad = gpudl.tensor([0.5, 0.5])
+    c = copy.deepcopy(w)
+    assert c.requires_grad and c.grad.tolist() == [0.5, 0.5] and c.data is not w.data
+    y = w * 2
+    with pytest.raises(RuntimeError, match="graph leaves"):
+        copy.deepcopy(y)
+    for _ in range(5000):
+        y = y + 1
+    p = pickle.loads(pickle.dumps(y))        # a long graph is not pickled (nor recursed into)
+    assert p.tolist() == (w.numpy() * 2 + 5000).tolist() and p.requires_grad and p.grad_fn is None
+
+
+def test_moving_to_another_device_copies(device):
+    a = gpudl.ones(2)
+    b = a.to(device)
+    if device.type == "cpu":
+        return
+    b.data[...] = 5
+    assert a.tolist() == [1.0, 1.0]
+    assert b.to("cpu").data is not b.data
+
+
+def test_creation_follows_pytorch():
+    np.testing.assert_array_equal(gpudl.arange(16777216, 16777220, 1.0).numpy(),
+                                  np.float32([16777216, 16777216, 16777218, 16777220]))
+    assert gpudl.arange(1, 2.2, 0.4).numpy()[-1] == np.float32(2.2)
+    assert gpudl.arange(1000, 1001, 0.1).numpy()[-1] == np.float32(1000.9)
+    with pytest.raises(ValueError, match="step must be nonzero"):
+        gpudl.arange(0, 5, 0)
+    with pytest.raises(ValueError, match="inconsistent signs"):
+        gpudl.arange(0, 5, -1)
+    assert gpudl.full((2,), np.float32(1.5)).tolist() == [1.5, 1.5]
+    assert gpudl.full((2,), gpudl.tensor(np.float64(2.5))).dtype == np.float64
+    assert gpudl.full((2,), np.bool_(True)).dtype == np.bool_
+    with pytest.raises(ValueError, match="does not fit in int32"):
+        gpudl.randint(0, 2 ** 40, (3,), dtype="int32")
+    with pytest.raises(TypeError, match="floating-point dtype"):
+        gpudl.rand(3, dtype="int32")
+    assert gpudl.rand(100000, dtype="float16").numpy().max() < 1.0
+    with pytest.raises(TypeError, match="shape of ints"):
+        gpudl.zeros(2.5)
+    assert gpudl.tensor([gpudl.tensor(np.float64(1.0)), gpudl.tensor(np.float64(2.0))]).dtype == np.float64
+    with pytest.raises(ValueError, match="at most 2 dimensions"):
+        gpudl.zeros(2, 3, 4).t()

@@ -24,6 +24,13 @@ def _swap(fn):
     return lambda self, other: fn(other, self)
 
 
+def _t(self):
+    """The transpose of a matrix (a 0-d or 1-d tensor comes back as it is), as PyTorch."""
+    if self.ndim > 2:
+        raise ValueError(f"t: expects a tensor of at most 2 dimensions, got shape {self.shape}; use transpose or permute")
+    return transpose(self, 0, 1) if self.ndim == 2 else self
+
+
 def _install():
     T = Tensor
     T.__add__, T.__radd__ = add, _swap(add)
@@ -55,7 +62,7 @@ def _install():
         setattr(T, name, fn)
     T.T = property(lambda self: permute(self, tuple(reversed(range(self.ndim)))))
     T.mT = property(lambda self: transpose(self, -2, -1))
-    T.t = lambda self: transpose(self, 0, 1) if self.ndim == 2 else self
+    T.t = _t
     T.float = lambda self: astype(self, "float32")
     T.double = lambda self: astype(self, "float64")
     T.long = lambda self: astype(self, "int64")
