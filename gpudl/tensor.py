@@ -44,13 +44,13 @@ class Tensor:
     ``grad`` is a Tensor or None; ``requires_grad`` marks leaves to train.
     """
 
-    __slots__ = ("data", "device", "requires_grad", "_grad", "_node", "__weakref__")
+    __slots__ = ("data", "device", "_requires_grad", "_grad", "_node", "__weakref__")
     __array_priority__ = 1000  # numpy scalars defer to our operators
 
     def __init__(self, data, device=None, requires_grad=False, dtype=None):
         t = tensor(data, dtype=dtype, device=device, requires_grad=requires_grad)
         self.data, self.device = t.data, t.device
-        self.requires_grad, self._grad, self._node = t.requires_grad, None, None
+        self._requires_grad, self._grad, self._node = t.requires_grad, None, None
 
     @classmethod
     def _make(cls, array, device, requires_grad=False):
@@ -59,10 +59,19 @@ class Tensor:
             array = device.backend.xp.asarray(array)
         t.data = array
         t.device = device
-        t.requires_grad = requires_grad
+        t._requires_grad = requires_grad
         t._grad = None
         t._node = None
         return t
+
+    @property
+    def requires_grad(self):
+        """Whether ops on this tensor are recorded for backward."""
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value):
+        self.requires_grad_(value)
 
     @property
     def grad(self):
@@ -162,9 +171,14 @@ class Tensor:
         return Tensor._make(self.data, self.device)
 
     def requires_grad_(self, requires_grad=True):
+        """Set ``requires_grad`` in place (floating tensors only; on a leaf, as PyTorch)."""
+        requires_grad = bool(requires_grad)
         if requires_grad and self.dtype.kind not in "fc":
             raise TypeError(f"requires_grad: only floating tensors can require grad, got {self.dtype}")
-        self.requires_grad = bool(requires_grad)
+        if self._node is not None and not requires_grad:
+            raise RuntimeError("requires_grad: only a leaf's flag can be changed; use .detach() for a "
+                               "tensor cut from the graph")
+        self._requires_grad = requires_grad
         return self
 
     def backward(self, gradient=None, retain_graph=False):

@@ -230,3 +230,15 @@ def test_creation_follows_pytorch():
     assert gpudl.tensor([gpudl.tensor(np.float64(1.0)), gpudl.tensor(np.float64(2.0))]).dtype == np.float64
     with pytest.raises(ValueError, match="at most 2 dimensions"):
         gpudl.zeros(2, 3, 4).t()
+
+
+def test_requires_grad_is_checked_however_it_is_set():
+    i = gpudl.tensor([1, 2])
+    with pytest.raises(TypeError, match="only floating tensors"):
+        i.requires_grad = True
+    w = gpudl.ones(2, requires_grad=True)
+    y = w * 2
+    with pytest.raises(RuntimeError, match="only a leaf's flag"):
+        y.requires_grad_(False)
+    w.requires_grad = False
+    assert not (w * 2).requires_grad
