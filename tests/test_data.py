@@ -200,7 +200,7 @@ def test_mnist_batches_are_float_in_unit_range(tmp_path, device):
     assert [b[0].shape for b in batches] == [(4, 1, 28, 28), (4, 1, 28, 28), (2, 1, 28, 28)]
     xs = np.concatenate([b[0].numpy() for b in batches])
     assert all(b[0].device == device and b[0].dtype == np.float32 and b[1].dtype == np.int64 for b in batches)
-    np.testing.assert_array_equal(xs[:, 0], images.astype(np.float32) * np.float32(1 / 255))
+    np.testing.assert_array_equal(xs[:, 0], images.astype(np.float32) / np.float32(255))   # as torchvision
     assert 0.0 <= xs.min() and xs.max() <= 1.0
     # the same through the raw bytes, converted on the device
     raw = D.DataLoader(D.TensorDataset(ds.images, ds.labels), batch_size=10, device=device, transform=D.ToFloat())

@@ -20,7 +20,12 @@ from .dataset import as_host_array
 
 
 def to_float(xp, a, scale=1 / 255, dtype=float32):
-    """``a`` (integer pixels) as ``dtype`` times ``scale``, computed with array module ``xp``."""
+    """``a`` (integer pixels) as ``dtype`` times ``scale``, computed with array module ``xp``.
+    A scale of 1/n divides by n, as torchvision's ``x.float() / 255`` (multiplying by a
+    rounded 1/255 is 1 ulp off for about half the byte values)."""
+    n = 1 / scale
+    if n == round(n):
+        return a.astype(dtype) / xp.asarray(round(n), dtype=dtype)
     return a.astype(dtype) * xp.asarray(scale, dtype=dtype)
 
 
