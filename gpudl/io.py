@@ -37,8 +37,12 @@ def _encode(obj, arrays):
         key = f"a{len(arrays)}"
         arrays[key] = arr
         return {"__array__": key}
-    if isinstance(obj, numpy.generic):
-        return obj.item()
+    if isinstance(obj, numpy.generic):      # kept as a NumPy scalar of its dtype
+        if obj.dtype.hasobject:
+            raise TypeError("save: cannot store a NumPy object scalar (it would need a pickle)")
+        key = f"a{len(arrays)}"
+        arrays[key] = numpy.asarray(obj)
+        return {"__scalar__": key}
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     if isinstance(obj, dict):
@@ -47,9 +51,11 @@ def _encode(obj, arrays):
                 return {"__dict__": [[k, _encode(v, arrays)] for k, v in obj.items()]}
             return {k: _encode(v, arrays) for k, v in obj.items()}
         for k in obj:
-            if not isinstance(k, (str, int, float, bool)) and k is not None:
+            if not isinstance(k, (str, int, float, bool, numpy.bool_, numpy.number)) and k is not None:
                 raise TypeError(f"save: dict keys must be str, int, float, bool or None, got {type(k).__name__}")
-        return {"__dict__": [[k, _encode(v, arrays)] for k, v in obj.items()]}
+        # NumPy number keys (np.unique's, say) are stored as the Python numbers they equal
+        return {"__dict__": [[k.item() if isinstance(k, numpy.generic) else k, _encode(v, arrays)]
+                             for k, v in obj.items()]}
     if isinstance(obj, tuple):
         return {"__tuple__": [_encode(v, arrays) for v in obj]}
     if isinstance(obj, list):
@@ -70,6 +76,8 @@ def _decode(obj, npz, device):
         return t
     if "__array__" in obj:
         return npz[obj["__array__"]]
+    if "__scalar__" in obj:
+        return npz[obj["__scalar__"]][()]
     if "__tuple__" in obj:
         return tuple(_decode(v, npz, device) for v in obj["__tuple__"])
     if "__dict__" in obj:

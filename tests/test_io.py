@@ -74,3 +74,13 @@ def test_bad_files_get_clear_errors(tmp_path):
 def test_object_arrays_are_refused(tmp_path):
     with pytest.raises(TypeError, match="Python objects"):
         gpudl.save({"a": np.array([1, "x"], dtype=object)}, tmp_path / "o.npz")
+
+
+def test_numpy_scalars_and_number_keys_round_trip(tmp_path):
+    d = {"f": np.float32(0.1), "i": np.int32(3), "b": np.bool_(True), "t": np.datetime64("2026-01-01"),
+         np.int64(7): 1.5, "plain": 2.5}
+    gpudl.save(d, tmp_path / "s.npz")
+    r = gpudl.load(tmp_path / "s.npz")
+    for k in ("f", "i", "b", "t"):
+        assert type(r[k]) is type(d[k]) and r[k] == d[k]
+    assert r[7] == 1.5 and type(r["plain"]) is float
