@@ -5,10 +5,12 @@
 //   loss = (1 - eps) * (lse - z_y) + eps * mean_j(lse - z_j)
 //        = (1 - eps) * (lse - z_y) + eps * (lse - mean_j z_j)
 //   dloss/dz_j = softmax_j - ((1 - eps) * [j == y] + eps / C)
-// Forward: one thread block per row (grid-stride over rows), block-wide max
-// and sums through warp shuffles + a 32-slot shared buffer.  blockDim.x must
-// be a multiple of 32.  Backward: one thread per logit, using the forward's
-// lse, so it needs no reduction.
+// Forward and backward: one thread block per row (grid-stride over rows),
+// block-wide max and sums through warp shuffles + a 32-slot shared buffer.
+// blockDim.x must be a multiple of 32.  The backward uses the forward's lse
+// while |lse| < 64; beyond, a rounded lse is off by ~1e-3 in float32 (so
+// would exp(z - lse) be), and the row is renormalised from its maximum, as
+// the CPU twin does.
 // A label outside [0, C) gives a NaN loss / NaN gradient row (never an
 // out-of-bounds read).
 #include "common.cuh"
@@ -38,7 +40,8 @@ __device__ void xent_fwd_impl(const T* __restrict__ logits, const long long* __r
                 l = gd_nan<T>();
             } else {
                 const T zy = z[y] - m;
-                l = (T(1) - eps) * (lse_m - zy) + eps * (lse_m - sz / T(C));
+                l = (T(1) - eps) * (lse_m - zy);
+                if (eps != T(0)) l += eps * (lse_m - sz / T(C));   // not 0 * inf for a -inf logit
             }
             loss[row] = l;
             lse_out[row] = m + lse_m;
@@ -50,21 +53,33 @@ template <typename T>
 __device__ void xent_bwd_impl(const T* __restrict__ logits, const long long* __restrict__ labels,
                               const T* __restrict__ lse, const T* __restrict__ gloss,
                               T* __restrict__ glogits, int N, int C, T eps) {
-    const gd_index total = (gd_index)N * C;
+    __shared__ T buf[32];
     const T off = eps / T(C);
-    GD_KERNEL_LOOP(i, total) {
-        const gd_index row = i / C;
-        const int j = (int)(i - row * C);
+    for (gd_index row = blockIdx.x; row < N; row += gridDim.x) {
+        const T* z = logits + row * C;
         const long long y = labels[row];
-        T g;
-        if (y < 0 || y >= C) {
-            g = gd_nan<T>();
-        } else {
-            const T p = gd_exp(logits[i] - lse[row]);
-            const T target = (j == y ? T(1) - eps : T(0)) + off;
-            g = gloss[row] * (p - target);
+        T shift = lse[row], scale = T(1);
+        if (!(shift < T(64) && shift > T(-64))) {   // the same for the whole block
+            T m = z[0];
+            for (int j = threadIdx.x; j < C; j += blockDim.x) m = gd_max(m, z[j]);
+            m = gd_block_max(m, buf);
+            T s = T(0);
+            for (int j = threadIdx.x; j < C; j += blockDim.x) s += gd_exp(z[j] - m);
+            s = gd_block_sum(s, buf);
+            shift = m;
+            scale = T(1) / s;
         }
-        glogits[i] = g;
+        for (int j = threadIdx.x; j < C; j += blockDim.x) {
+            T g;
+            if (y < 0 || y >= C) {
+                g = gd_nan<T>();
+            } else {
+                const T p = gd_exp(z[j] - shift) * scale;
+                const T target = (j == y ? T(1) - eps : T(0)) + off;
+                g = gloss[row] * (p - target);
+            }
+            glogits[row * C + j] = g;
+        }
     }
 }
 

@@ -671,3 +671,26 @@ def test_conv2d_cols_affine_matches_tap_loop(case, poisoned):
     np.testing.assert_allclose(K._conv2d_forward(x, w, b, g, dt), y, rtol=1e-12, atol=1e-12)
     for a_, b_ in zip(fast, slow):
         np.testing.assert_allclose(a_, b_, rtol=1e-12, atol=1e-12)
+
+
+def test_max_pool_argmax_is_the_first_nan_of_a_window():
+    """The contract of kernels/pool2d.cu: NaN is the maximum, the first NaN wins
+    (like numpy.argmax); padding is never an answer."""
+    x = np.array([[[[1.0, np.nan, 3.0, np.nan]]]])
+    y, arg = K.max_pool2d_forward(x, (1, 4), (1, 4), (0, 0))
+    assert np.isnan(y).all() and arg.ravel().tolist() == [1]
+    x = np.array([[[[np.nan]]]])
+    y, arg = K.max_pool2d_forward(x, (1, 3), (1, 1), (0, 1))
+    assert arg.ravel().tolist() == [0]
+    np.testing.assert_array_equal(K.max_pool2d_backward(np.ones_like(y), arg, x.shape, (1, 3), (1, 1), (0, 1)),
+                                  [[[[1.0]]]])
+    r = rng(9)
+    x = r.standard_normal((2, 3, 7, 7))
+    x[r.random(x.shape) < 0.1] = np.nan
+    _, arg = K.max_pool2d_forward(x, 3, 2, 1)
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    for n, c, i, j in np.ndindex(arg.shape):               # a loop reference
+        win = xp[n, c, 2 * i:2 * i + 3, 2 * j:2 * j + 3].ravel()
+        k = int(np.argmax(win))                            # numpy: the first NaN, else the first max
+        kh, kw = divmod(k, 3)
+        assert arg[n, c, i, j] == (2 * i + kh - 1) * 7 + (2 * j + kw - 1)

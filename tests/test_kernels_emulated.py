@@ -305,6 +305,29 @@ def test_softmax_xent_large_logits(emu, cpu, dtype, offset, scale):
                                    rtol=TOL[dtype]["rtol"] * 10, atol=8 * ulp)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_xent_gradient_stays_accurate_for_large_logits(emu, cpu, dtype):
+    """Large logits of several classes near the top: the softmax is not one-hot, and a
+    rounded lse would put exp(z - lse) off by ~1e-3 in float32; both backends renormalise."""
+    z = np.array([[10000, 10001, 10002], [-5000, -5001, -5000.5], [1, 2, 3]], dtype)
+    y = np.array([0, 2, 1])
+    z64 = z.astype(np.float64)
+    p = np.exp(z64 - z64.max(1, keepdims=True))
+    want = p / p.sum(1, keepdims=True) - np.eye(3)[y]
+    for be in (emu, cpu):
+        _, lse = be.softmax_cross_entropy_forward(z, y, 0.0)
+        g = be.softmax_cross_entropy_backward(z, y, lse, np.ones(3, dtype), 0.0)
+        np.testing.assert_allclose(g, want, rtol=0, atol=4 * np.finfo(dtype).eps)
+
+
+def test_softmax_xent_minus_infinity_logit_without_smoothing(emu, cpu):
+    z = np.array([[0.0, -np.inf, 1.0]])
+    y = np.array([0])
+    for be in (emu, cpu):
+        loss, _ = be.softmax_cross_entropy_forward(z, y, 0.0)
+        np.testing.assert_allclose(loss, [np.log1p(np.e)], rtol=1e-12)   # not 0 * inf = NaN
+
+
 def test_softmax_xent_bad_label_gives_nan_not_a_crash(emu):
     z = np.zeros((3, 4), np.float32)
     loss, lse = emu.softmax_cross_entropy_forward(z, np.array([0, 4, -1]), 0.0)
@@ -423,7 +446,7 @@ def test_wrappers_launch_with_exact_types_and_explicit_grid():
     n_out = 2 * 3 * 9 * 9
     assert rec.calls[0][1] == (-(-n_out // 256),) and rec.calls[0][2] == (256,)
     assert rec.calls[2][1] == (5,) and rec.calls[2][2] == (256,)
-    assert rec.calls[3][1] == (1,)
+    assert rec.calls[3][1] == (5,) and rec.calls[3][2] == (64,)        # one block per row, too
     for name, grid, block, args in rec.calls:
         for a in args:
             assert isinstance(a, np.ndarray) and a.flags.c_contiguous or \
@@ -535,3 +558,18 @@ def test_nvcc_compiles_for_sm90(filename, tmp_path):
     assert r.returncode == 0, f"nvcc failed on {filename}:\n{r.stdout}\n{r.stderr}"
     ptx = (tmp_path / "k.ptx").read_text()
     assert ".entry" in ptx
+
+
+def test_wrappers_refuse_missing_required_arrays_and_take_empty_convs(emu, cpu):
+    p = np.ones((3, 2))
+    with pytest.raises(ValueError, match="needs both moment arrays m and v"):
+        emu.adam_update(p, p.copy(), None, p.copy(), None, 0.1, 0.9, 0.99, 1e-8, 0.0, False, False, 1)
+    g = np.ones((4, 3))
+    with pytest.raises(ValueError, match=r"invstd: expected an array of shape \(3,\), got None"):
+        emu.batch_norm_backward(g, g.copy(), None, None, True)
+    x, w = np.ones((2, 2, 5, 5)), np.ones((0, 2, 3, 3))
+    for be in (emu, cpu):
+        y = be.conv2d_forward(x, w, None, (1, 1), (0, 0), (1, 1), 1)
+        assert y.shape == (2, 0, 3, 3)
+        gx, gw, gb = be.conv2d_backward(x, w, y, (1, 1), (0, 0), (1, 1), 1)
+        assert gx.shape == x.shape and not gx.any() and gw.shape == w.shape and gb.shape == (0,)

@@ -902,6 +902,15 @@ def max_pool2d_forward(x, kernel, stride, padding):
         np.add(args, origin, out=args)
 
     _parallel(run, _pool_split(N, x.size))
+    bad = np.isnan(y)
+    if bad.any():
+        # NaN is the maximum (np.maximum propagated it into y), so the argmax is
+        # the window's first NaN, as in PyTorch; `>` above never picked one
+        taps = _tap_views(x, kernel, stride, padding, Ho, Wo, -np.inf)
+        for k in range(KK):
+            hit = bad & np.isnan(taps[k])
+            arg[hit] = np.broadcast_to(origin + offs[k], arg.shape)[hit]
+            bad &= ~hit
     if ph or pw:
         # a window whose values are all -inf: PyTorch points at its first
         # in-bounds element (the padding itself is never an answer)

@@ -337,6 +337,8 @@ class _Backend:
                     raise ValueError(f"conv2d b: expected shape ({geo['O']},), got {tuple(b.shape)}")
             N, O, g, Ho, Wo = geo["N"], geo["O"], geo["g"], geo["Ho"], geo["Wo"]
             y = self.xp.empty((N, O, Ho, Wo), dtype=x.dtype)
+            if y.size == 0:
+                return y
             wg = w.reshape(g, O // g, -1)
             for n0, nb in self._chunks(geo, x.dtype.itemsize):
                 yc = self._mm(wg, self._cols(x, geo, n0, nb))          # (g, Og, nb*L)
@@ -363,8 +365,9 @@ class _Backend:
             L, Og = Ho * Wo, O // g
             gb = gy.sum(axis=(0, 2, 3)) if need_b else None
             gx = xp.empty(x.shape, dtype=x.dtype) if need_x else None
-            gw = xp.zeros((g, Og, w[0].size), dtype=x.dtype) if need_w else None
-            wg = w.reshape(g, Og, -1)
+            Kg = w.shape[1] * w.shape[2] * w.shape[3]       # (not -1: O may be 0)
+            gw = xp.zeros((g, Og, Kg), dtype=x.dtype) if need_w else None
+            wg = w.reshape(g, Og, Kg)
             if need_x or need_w:
                 for n0, nb in self._chunks(geo, x.dtype.itemsize):
                     # the chunk's gradient channel-major, like the columns: (g, Og, nb*L)
@@ -495,11 +498,15 @@ class _Backend:
             loss = self.xp.empty((N,), dtype=logits.dtype)
             lse = self.xp.empty((N,), dtype=logits.dtype)
             if N > 0:
-                threads = min(BLOCK, 32 * (-(-C // 32)))   # a multiple of 32
                 self._launch("softmax_xent.cu", f"{op}_{_SUFFIX[logits.dtype]}",
-                             (min(N, _MAX_GRID_X),), (threads,),
+                             (min(N, _MAX_GRID_X),), (self._xent_threads(C),),
                              (logits, labels, loss, lse, numpy.int32(N), numpy.int32(C), eps))
             return loss, lse
+
+    @staticmethod
+    def _xent_threads(C):
+        """One block per row: a multiple of 32 threads, as many as the row needs up to BLOCK."""
+        return min(BLOCK, 32 * (-(-C // 32)))
 
     def softmax_cross_entropy_backward(self, logits, labels, lse, gloss, label_smoothing):
         op = "softmax_cross_entropy_backward"
@@ -513,9 +520,10 @@ class _Backend:
                 if tuple(a.shape) != (N,):
                     raise ValueError(f"{op} {what}: expected shape ({N},), got {tuple(a.shape)}")
             glogits = self.xp.empty((N, C), dtype=logits.dtype)
-            self._launch1d("softmax_xent.cu", f"{op}_{_SUFFIX[logits.dtype]}", N * C,
-                           (logits, labels, lse, gloss, glogits,
-                            numpy.int32(N), numpy.int32(C), eps))
+            if N > 0:
+                self._launch("softmax_xent.cu", f"{op}_{_SUFFIX[logits.dtype]}",
+                             (min(N, _MAX_GRID_X),), (self._xent_threads(C),),
+                             (logits, labels, lse, gloss, glogits, numpy.int32(N), numpy.int32(C), eps))
             return glogits
 
     # ---- LSTM cell --------------------------------------------------------
@@ -594,9 +602,12 @@ class _Backend:
             _i32(v, f"{op} {name}")
         return N, C, L
 
-    def _bn_vector(self, op, what, a, C, dtype):
-        """A (C,) parameter or statistic in ``dtype``, C-contiguous (a copy only when needed)."""
+    def _bn_vector(self, op, what, a, C, dtype, required=False):
+        """A (C,) parameter or statistic in ``dtype``, C-contiguous (a copy only when needed);
+        None (an absent optional one) becomes a placeholder the kernels never read."""
         if a is None:
+            if required:
+                raise ValueError(f"{op} {what}: expected an array of shape ({C},), got None")
             return self._none(dtype)
         a = self._array(a, f"{op} {what}", 1)
         if tuple(a.shape) != (C,):
@@ -663,7 +674,7 @@ class _Backend:
                                  f"got {tuple(xhat.shape)}")
             N, C, L = self._bn_shape(op, g, "g")
             dt, xp, sfx = g.dtype, self.xp, _SUFFIX[g.dtype]
-            invstd = self._bn_vector(op, "invstd", invstd, C, dt)
+            invstd = self._bn_vector(op, "invstd", invstd, C, dt, required=True)
             w = self._bn_vector(op, "weight", weight, C, dt)
             dims = (numpy.int32(N), numpy.int32(C), numpy.int32(L))
             sg = sgx = gx = None
@@ -734,6 +745,8 @@ class _Backend:
                     maximize, step, scratch=None):
         if step < 1:
             raise ValueError(f"adam_update: step counts from 1, got {step}")
+        if m is None or v is None:
+            raise ValueError("adam_update: needs both moment arrays m and v, got None")
         wd = 0.0 if decoupled else weight_decay
         decay = 1.0 - lr * weight_decay if decoupled else 1.0
         self._update("adam_update", p, g, [("m", m), ("v", v), ("v_max", v_max)],
