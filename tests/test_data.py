@@ -663,3 +663,29 @@ def test_image_batches_travel_as_bytes_and_match_get_batch(device, tmp_path):
         assert x.device == device and x.dtype == np.float32
         np.testing.assert_array_equal(x.numpy(), want_x)
         np.testing.assert_array_equal(y.numpy(), want_y)
+
+
+def test_normalize_broadcasts_one_value_and_tofloat_takes_masks():
+    x = gpudl.tensor(np.arange(24.0).reshape(2, 3, 2, 2))
+    want = (x.numpy() - 0.5) / 2.0
+    for mean, std in (([0.5], [2.0]), ((0.5,), 2.0), (0.5, [2.0])):
+        close(T.Normalize(mean, std)(x), want)
+    close(T.Normalize([0.1, 0.2, 0.3], [2.0])(x),
+          (x.numpy() - np.array([0.1, 0.2, 0.3])[None, :, None, None]) / 2.0)
+    with pytest.raises(ValueError, match="as many means as stds"):
+        T.Normalize([0.1, 0.2], [1.0, 2.0, 3.0])
+    assert T.ToFloat()(gpudl.tensor(np.array([True, False]))).tolist() == [1.0, 0.0]
+
+
+def test_random_crop_fills_per_channel_and_refuses_fills_out_of_range():
+    from gpudl.data.augment import RandomCrop
+    x = gpudl.tensor(np.zeros((1, 3, 2, 2), np.uint8))
+    crop = RandomCrop(4, padding=1, fill=(1, 2, 3), seed=0)
+    out = crop(x).numpy()
+    assert [int(out[0, k, 0, 0]) for k in range(3)] == [1, 2, 3] and not out[0, :, 1:3, 1:3].any()
+    with pytest.raises(ValueError, match="not a value of the images' dtype uint8"):
+        RandomCrop(4, padding=1, fill=300)(x)
+    with pytest.raises(ValueError, match="2 fill values for images of 3 channels"):
+        RandomCrop(4, padding=1, fill=(1, 2))(x)
+    with pytest.raises(ValueError, match="expected fill to be a number or one per channel"):
+        RandomCrop(4, padding=1, fill="white")

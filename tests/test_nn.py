@@ -707,3 +707,42 @@ def test_batchnorm_loads_a_state_dict_without_its_batch_count():
     close(bn.running_mean, [0.0, 1.0, 2.0])
     with pytest.raises(RuntimeError, match="running_var"):
         bn.load_state_dict({k: v for k, v in sd.items() if k != "running_var"})
+
+
+def test_softmax_without_dim_takes_pytorchs_legacy_choice_with_a_warning():
+    x = gpudl.tensor(np.random.default_rng(0).standard_normal((2, 3, 4, 5)))
+    with pytest.warns(UserWarning, match="implicit dimension"):
+        y = F.softmax(x)
+    close(y.sum(1), np.ones((2, 4, 5)))                 # dim 1 for 4-d input
+    with pytest.warns(UserWarning):
+        close(nn.LogSoftmax()(x[0]).exp().sum(0), np.ones((4, 5)))   # dim 0 for 3-d input
+    close(nn.Softmax(dim=-1)(x).sum(-1), np.ones((2, 3, 4)))
+
+
+def test_pad_takes_pytorchs_arguments_and_modes():
+    x = gpudl.tensor(np.arange(6.0).reshape(1, 2, 3))
+    close(F.pad(x, (1, 1), "constant", 2.5)[0, 0], [2.5, 0, 1, 2, 2.5])
+    close(F.pad(x, (2, 1), mode="reflect")[0, 0], [2, 1, 0, 1, 2, 1])
+    close(F.pad(x, (1, 2), "replicate")[0, 1], [3, 3, 4, 5, 5, 5])
+    close(F.pad(x, (1, 1), "circular")[0, 1], [5, 3, 4, 5, 3])
+    with pytest.raises(ValueError, match="reflect padding \\(3, 0\\) must be less than the dimension \\(3\\)"):
+        F.pad(x, (3, 0), "reflect")
+    with pytest.raises(ValueError, match="expected mode 'constant'"):
+        F.pad(x, (1, 1), "mirror")
+
+
+def test_list_containers_add_multiply_pop_and_check_insert():
+    a, b, c = nn.ReLU(), nn.Tanh(), nn.Sigmoid()
+    s = nn.Sequential(a, b)
+    both = s + nn.Sequential(c)
+    assert isinstance(both, nn.Sequential) and list(both) == [a, b, c]
+    twice = s * 2
+    assert list(twice) == [a, b, a, b] and list(twice.state_dict()) == []
+    with pytest.raises(TypeError, match="expected a Sequential, got list"):
+        s += [c]
+    with pytest.raises(IndexError, match="index 5 is out of range for length 2"):
+        s.insert(5, c)
+    m = nn.ModuleList([a]) + [b, c]
+    assert isinstance(m, nn.ModuleList) and m.pop(1) is b and list(m) == [a, c]
+    m += nn.ModuleList([b])
+    assert list(m) == [a, c, b] and [k for k, _ in m.named_children()] == ["0", "1", "2"]

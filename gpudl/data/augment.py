@@ -90,6 +90,12 @@ class RandomCrop(RandomTransform):
             raise ValueError(f"RandomCrop: expected padding to be an int >= 0 or a pair of them, got {padding!r}")
         if padding_mode not in _PADDING_MODES:
             raise ValueError(f"RandomCrop: expected padding_mode in {_PADDING_MODES}, got {padding_mode!r}")
+        try:
+            fills = None if isinstance(fill, (bool, str)) else numpy.asarray(fill, dtype=numpy.float64)
+        except (TypeError, ValueError):
+            fills = None
+        if fills is None or fills.ndim > 1 or not numpy.isfinite(fills).all():
+            raise ValueError(f"RandomCrop: expected fill to be a number or one per channel, got {fill!r}")
         self.padding, self.fill, self.padding_mode = (int(pad[0]), int(pad[1])), fill, padding_mode
         self.last_offsets = None
 
@@ -111,7 +117,7 @@ class RandomCrop(RandomTransform):
         if ph or pw:
             widths = ((0, 0), (0, 0), (ph, ph), (pw, pw))
             if self.padding_mode == "constant":
-                a = xp.pad(a, widths, mode="constant", constant_values=numpy.asarray(self.fill, a.dtype).item())
+                a = self._pad_constant(xp, a, widths)
             else:
                 a = xp.pad(a, widths, mode=self.padding_mode)
         # one gather: out[i, k, r, s] = a[i, k, oy[i] + r, ox[i] + s]
@@ -120,6 +126,24 @@ class RandomCrop(RandomTransform):
         cols = offsets[:, 1, None, None, None] + xp.arange(sw)
         out = a[xp.arange(n)[:, None, None, None], xp.arange(c)[:, None, None], rows, cols]
         return Tensor._make(out, x.device)
+
+    def _pad_constant(self, xp, a, widths):
+        """``a`` padded with ``fill``: one value, or one per channel (axis 1)."""
+        fill = numpy.asarray(self.fill, dtype=numpy.float64).reshape(-1)
+        c = a.shape[1]
+        if fill.size not in (1, c):
+            raise ValueError(f"RandomCrop: {fill.size} fill values for images of {c} channels")
+        if a.dtype.kind in "iu":
+            info = numpy.iinfo(a.dtype)
+            if (fill < info.min).any() or (fill > info.max).any() or (fill != numpy.round(fill)).any():
+                raise ValueError(f"RandomCrop: fill {self.fill!r} is not a value of the images' dtype {a.dtype}")
+        if fill.size == 1:
+            return xp.pad(a, widths, mode="constant", constant_values=fill.astype(a.dtype)[0])
+        (_, _), (_, _), (ph, _), (pw, _) = widths
+        out = xp.empty((a.shape[0], c, a.shape[2] + 2 * ph, a.shape[3] + 2 * pw), dtype=a.dtype)
+        out[...] = xp.asarray(fill.astype(a.dtype)).reshape(1, c, 1, 1)
+        out[:, :, ph:ph + a.shape[2], pw:pw + a.shape[3]] = a
+        return out
 
 
 class RandomHorizontalFlip(RandomTransform):

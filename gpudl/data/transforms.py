@@ -86,7 +86,9 @@ class ToFloat(Transform):
         if x.dtype.kind not in "iub":
             raise TypeError(f"ToFloat: expected integer pixels such as uint8, got {x.dtype} "
                             f"(the batch is already floating point)")
-        return Tensor._make(to_float(x.device.backend.xp, x.data, self.scale), x.device)
+        # a bool mask is already in [0, 1]: False -> 0.0, True -> 1.0, as torchvision
+        scale = 1.0 if x.dtype.kind == "b" else self.scale
+        return Tensor._make(to_float(x.device.backend.xp, x.data, scale), x.device)
 
 
 class _Affine(Transform):
@@ -123,14 +125,16 @@ class Normalize(_Affine):
         if self._mean.ndim > 1 or self._std.ndim > 1:
             raise ValueError(f"Normalize: expected scalars or 1-D per-channel sequences, "
                              f"got mean of shape {self._mean.shape} and std of shape {self._std.shape}")
-        if self._mean.ndim == self._std.ndim == 1 and self._mean.size != self._std.size:
-            raise ValueError(f"Normalize: expected as many means as stds, got {self._mean.size} and {self._std.size}")
+        sizes = {self._mean.size, self._std.size} - {1}
+        if len(sizes) > 1:
+            raise ValueError(f"Normalize: expected as many means as stds (or one of either), got "
+                             f"{self._mean.size} and {self._std.size}")
 
     def _stats_for(self, x):
         mean, std = self._mean, self._std
-        c = max(mean.size if mean.ndim else 1, std.size if std.ndim else 1)
-        if mean.ndim == 0 and std.ndim == 0:
-            return mean, std
+        c = max(mean.size, std.size)
+        if c == 1:                     # one value (or a 1-element sequence) for every channel
+            return mean.reshape(()), std.reshape(())
         if x.ndim < 2 or x.shape[1] != c:
             raise ValueError(f"Normalize: {c} per-channel values need a batch with {c} channels on "
                              f"axis 1 (N, C, ...), got shape {x.shape}")

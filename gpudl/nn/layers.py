@@ -325,23 +325,18 @@ class _SoftmaxBase(Module):
             raise ValueError(f"{type(self).__name__}: expected dim to be an int or None, got {dim!r}")
         self.dim = dim
 
-    def _dim(self, input):
-        if self.dim is not None:
-            return self.dim
-        return 0 if input.ndim in (0, 1, 3) else 1
-
     def extra_repr(self):
         return f"dim={self.dim}"
 
 
 class Softmax(_SoftmaxBase):
     def forward(self, input):
-        return F.softmax(input, self._dim(input))
+        return F.softmax(input, self.dim)
 
 
 class LogSoftmax(_SoftmaxBase):
     def forward(self, input):
-        return F.log_softmax(input, self._dim(input))
+        return F.log_softmax(input, self.dim)
 
 
 class Dropout(Module):

@@ -487,12 +487,29 @@ class _ListLike(Module):
 
     def insert(self, index, module):
         mods = list(self._modules.values())
+        if not -len(mods) <= index <= len(mods):
+            raise IndexError(f"{type(self).__name__}.insert: index {index} is out of range for length {len(mods)}")
         mods.insert(index, module)
         self._modules.clear()
         return self.extend(mods)
 
+    def pop(self, idx=-1):
+        """Remove the module at ``idx`` and return it."""
+        module = self[idx]
+        del self[idx]
+        return module
+
     def __iadd__(self, modules):
-        return self.extend(modules)
+        return self.extend(self._others(modules, "+="))
+
+    def __add__(self, other):
+        return type(self)(list(self) + list(self._others(other, "+")))
+
+    def _others(self, other, op):
+        """What ``+`` / ``+=`` may take: Sequential only a Sequential (as PyTorch), ModuleList any iterable."""
+        if isinstance(self, Sequential) and not isinstance(other, Sequential):
+            raise TypeError(f"Sequential {op}: expected a Sequential, got {type(other).__name__}")
+        return other
 
 
 class Sequential(_ListLike):
@@ -508,6 +525,17 @@ class Sequential(_ListLike):
 
     def _slice(self, idx):
         return type(self)(OrderedDict(list(self._modules.items())[idx]))
+
+    def __mul__(self, times):
+        """The same modules (not copies) ``times`` over, as PyTorch's ``Sequential * n``."""
+        if not isinstance(times, int) or isinstance(times, bool) or times < 1:
+            raise ValueError(f"Sequential *: expected a positive int, got {times!r}")
+        return Sequential(*(list(self) * times))
+
+    __rmul__ = __mul__
+
+    def __add__(self, other):
+        return Sequential(*(list(self) + list(self._others(other, "+"))))
 
     def forward(self, input):
         for m in self._modules.values():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 from ..autograd import Function
 from ..tensor import Tensor
@@ -166,12 +167,23 @@ def gelu(x, approximate="none"):
     return GELU.apply(_float(x, "gelu"), approximate)
 
 
-def softmax(x, dim=-1):
-    return Softmax.apply(_float(x, "softmax"), norm_axis(dim, x.ndim, "softmax")[0])
+def _softmax_dim(x, dim, op):
+    """``dim``, or for None PyTorch's legacy choice (0 for 0-, 1- and 3-d input, else 1), with its warning."""
+    if dim is None:
+        dim = 0 if x.ndim in (0, 1, 3) else 1
+        warnings.warn(f"{op}: the implicit dimension choice is deprecated (as in PyTorch); pass dim= "
+                      f"(taking dim={dim} for a {x.ndim}-d input)", UserWarning, stacklevel=3)
+    return norm_axis(dim, x.ndim, op)[0]
 
 
-def log_softmax(x, dim=-1):
-    return LogSoftmax.apply(_float(x, "log_softmax"), norm_axis(dim, x.ndim, "log_softmax")[0])
+def softmax(x, dim=None):
+    """Softmax along ``dim`` (None: PyTorch's legacy default, with a warning)."""
+    return Softmax.apply(_float(x, "softmax"), _softmax_dim(x, dim, "softmax"))
+
+
+def log_softmax(x, dim=None):
+    """log(softmax) along ``dim``, computed stably; None as :func:`softmax`."""
+    return LogSoftmax.apply(_float(x, "log_softmax"), _softmax_dim(x, dim, "log_softmax"))
 
 
 def dropout(x, p=0.5, training=True):

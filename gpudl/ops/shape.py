@@ -286,28 +286,57 @@ def chunk(x, chunks, dim=0):
     return split(x, -(-n // int(chunks)), dim)
 
 
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
 class Pad(Function):
     @staticmethod
-    def forward(ctx, x, widths, value):
-        ctx.slices = tuple(slice(a, a + n) for (a, _), n in zip(widths, x.shape))
-        return ctx.xp.pad(x, widths, mode="constant", constant_values=value)
+    def forward(ctx, x, widths, mode, value):
+        ctx.widths, ctx.mode, ctx.shape = widths, mode, x.shape
+        if mode == "constant":
+            return ctx.xp.pad(x, widths, mode="constant", constant_values=value)
+        return ctx.xp.pad(x, widths, mode=_PAD_MODES[mode])
 
     @staticmethod
     def backward(ctx, g):
-        return g[ctx.slices], None, None
+        for axis, ((a, b), n) in enumerate(zip(ctx.widths, ctx.shape)):
+            if not (a or b):
+                continue
+            inner = [slice(None)] * g.ndim
+            inner[axis] = slice(a, a + n)
+            gx = g[tuple(inner)].copy()
+            if ctx.mode != "constant":
+                # each padded position copies one source position: add its gradient there
+                src = numpy.pad(numpy.arange(n), (a, b), mode=_PAD_MODES[ctx.mode])
+                for p in list(range(a)) + list(range(a + n, a + n + b)):
+                    at, frm = [slice(None)] * g.ndim, [slice(None)] * g.ndim
+                    at[axis], frm[axis] = int(src[p]), p
+                    gx[tuple(at)] += g[tuple(frm)]
+            g = gx
+        return g, None, None, None
 
 
-def pad(x, pad, value=0.0):
-    """Constant padding, PyTorch order: (left, right) of the last dim, then the one before, ..."""
+def pad(x, pad, mode="constant", value=None):
+    """Padding in PyTorch's order: (left, right) of the last dim, then the one before, ...;
+    ``mode`` "constant" (with ``value``, default 0), "reflect", "replicate" or "circular"."""
     pad = tuple(int(p) for p in pad)
     if len(pad) % 2 or len(pad) // 2 > x.ndim:
         raise ValueError(f"pad: expected an even number of widths, at most 2 * {x.ndim}, got {pad}")
     if builtins.any(p < 0 for p in pad):
         raise ValueError(f"pad: negative widths are not supported, got {pad}")
+    if mode not in _PAD_MODES:
+        raise ValueError(f"pad: expected mode 'constant', 'reflect', 'replicate' or 'circular', got {mode!r}")
+    if mode != "constant" and value:
+        raise ValueError(f"pad: a value only goes with mode='constant', got mode={mode!r}")
     widths = [(0, 0)] * x.ndim
     for i in range(len(pad) // 2):
         widths[x.ndim - 1 - i] = (pad[2 * i], pad[2 * i + 1])
-    return Pad.apply(x, tuple(widths), value)
+    for (a, b), n in zip(widths, x.shape):
+        if mode == "reflect" and (a or b) and builtins.max(a, b) >= n:
+            raise ValueError(f"pad: reflect padding {(a, b)} must be less than the dimension ({n})")
+        if mode == "circular" and builtins.max(a, b) > n:
+            raise ValueError(f"pad: circular padding {(a, b)} must be at most the dimension ({n})")
+    return Pad.apply(x, tuple(widths), mode, 0.0 if value is None else value)
 
 
 class Where(Function):
