@@ -25,10 +25,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -x
 
-# The emulated kernels once more, built with -fsanitize=address: an out-of-bounds
-# access in any .cu file fails here.
+# The emulated kernels once more, built with -fsanitize=address and run with blocks
+# and threads in reverse order: an out-of-bounds access in any .cu file, or a result
+# that depends on the order threads run in (a missing __syncthreads), fails here.
 test-asan: $(STAMP)
-	$(BIN)/python -m gpudl.testing.asan_run tests/test_kernels_emulated.py tests/test_lstm_kernel.py tests/test_batchnorm_kernel.py tests/test_optim_kernel.py
+	GPUDL_EMU_ORDER=reverse $(BIN)/python -m gpudl.testing.asan_run tests/test_kernels_emulated.py tests/test_lstm_kernel.py tests/test_batchnorm_kernel.py tests/test_optim_kernel.py
 
 bench: $(STAMP)
 	$(BIN)/python -m gpudl.bench all

@@ -25,7 +25,7 @@ __device__ void bn_stats_impl(const T* __restrict__ x, T* __restrict__ mean_out,
                               T momentum, int update_running) {
     __shared__ T buf[32];
     const gd_index m = (gd_index)N * L;
-    for (int c = blockIdx.x; c < C; c += gridDim.x) {
+    for (gd_index c = blockIdx.x; c < C; c += gridDim.x) {
         const T* xc = x + (gd_index)c * L;
         T s = T(0);
         for (gd_index j = threadIdx.x; j < m; j += blockDim.x) {
@@ -73,7 +73,7 @@ __device__ void bn_grad_reduce_impl(const T* __restrict__ g, const T* __restrict
                                     int N, int C, int L) {
     __shared__ T buf[32];
     const gd_index m = (gd_index)N * L;
-    for (int c = blockIdx.x; c < C; c += gridDim.x) {
+    for (gd_index c = blockIdx.x; c < C; c += gridDim.x) {
         const gd_index base = (gd_index)c * L;
         T s = T(0), sx = T(0);
         for (gd_index j = threadIdx.x; j < m; j += blockDim.x) {

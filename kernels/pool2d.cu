@@ -18,7 +18,7 @@
 __device__ inline void gd_window_range(int h, int k, int s, int p, int O,
                                        int* lo, int* hi) {
     const int a = h + p - k + 1;             // o*s >= a
-    int l = a <= 0 ? 0 : (a + s - 1) / s;
+    int l = a <= 0 ? 0 : (a - 1) / s + 1;    // ceil(a / s) for a > 0, without a + s overflowing
     int u = (h + p) / s;                     // o*s <= h + p  (h + p >= 0)
     if (u > O - 1) u = O - 1;
     *lo = l;

@@ -23,10 +23,10 @@ __device__ void xent_fwd_impl(const T* __restrict__ logits, const long long* __r
     for (gd_index row = blockIdx.x; row < N; row += gridDim.x) {
         const T* z = logits + row * C;
         T m = z[0];
-        for (int j = threadIdx.x; j < C; j += blockDim.x) m = gd_max(m, z[j]);
+        for (gd_index j = threadIdx.x; j < C; j += blockDim.x) m = gd_max(m, z[j]);
         m = gd_block_max(m, buf);
         T s = T(0), sz = T(0);
-        for (int j = threadIdx.x; j < C; j += blockDim.x) {
+        for (gd_index j = threadIdx.x; j < C; j += blockDim.x) {
             s += gd_exp(z[j] - m);
             sz += z[j] - m;                  // shifted: no cancellation for large logits
         }
@@ -61,15 +61,15 @@ __device__ void xent_bwd_impl(const T* __restrict__ logits, const long long* __r
         T shift = lse[row], scale = T(1);
         if (!(shift < T(64) && shift > T(-64))) {   // the same for the whole block
             T m = z[0];
-            for (int j = threadIdx.x; j < C; j += blockDim.x) m = gd_max(m, z[j]);
+            for (gd_index j = threadIdx.x; j < C; j += blockDim.x) m = gd_max(m, z[j]);
             m = gd_block_max(m, buf);
             T s = T(0);
-            for (int j = threadIdx.x; j < C; j += blockDim.x) s += gd_exp(z[j] - m);
+            for (gd_index j = threadIdx.x; j < C; j += blockDim.x) s += gd_exp(z[j] - m);
             s = gd_block_sum(s, buf);
             shift = m;
             scale = T(1) / s;
         }
-        for (int j = threadIdx.x; j < C; j += blockDim.x) {
+        for (gd_index j = threadIdx.x; j < C; j += blockDim.x) {
             T g;
             if (y < 0 || y >= C) {
                 g = gd_nan<T>();

@@ -509,3 +509,54 @@ def test_asan_reports_out_of_bounds_write(tmp_path):
     assert "CLEAN OK" in r.stdout, r.stderr[-3000:]
     assert r.returncode != 0 and "NOT DETECTED" not in r.stdout
     assert "AddressSanitizer" in r.stderr and "oob_write" in r.stderr, r.stderr[-3000:]
+
+
+RACES = r"""
+extern "C" __global__ void shift_left(const float* x, float* out) {
+  __shared__ float s[64];
+  const int t = threadIdx.x;
+  s[t] = x[t];
+  out[t] = t ? s[t - 1] : 0.f;            // no __syncthreads: a race
+}
+struct Sum {
+  __device__ float operator()(float* buf) const { __syncthreads(); return buf[0] + buf[1]; }
+};
+extern "C" __global__ void functor_sync(float* out) {
+  __shared__ float buf[2];
+  if (threadIdx.x < 2) buf[threadIdx.x] = threadIdx.x + 1.f;
+  out[threadIdx.x] = Sum()(buf);
+}
+extern "C" __global__ void dyn_garbage(float* out) {
+  extern __shared__ float d[];
+  if (blockIdx.x == 0) d[threadIdx.x] = 7.f;
+  __syncthreads();
+  out[blockIdx.x * blockDim.x + threadIdx.x] = d[threadIdx.x];
+}
+"""
+
+
+def test_reverse_order_exposes_races_that_the_default_order_hides(monkeypatch):
+    m = compile_module(RACES, name="races.cu")
+    got = {}
+    for k, order in enumerate(("", "reverse")):
+        monkeypatch.setenv("GPUDL_EMU_ORDER", order)
+        x = np.arange(1, 65, dtype=np.float32) + 100 * k   # new values: what is read was not written yet
+        out = np.zeros(64, np.float32)
+        m.get_function("shift_left")((1,), (64,), (x, out))
+        got[order] = (out[1:], x[:-1])
+    np.testing.assert_array_equal(*got[""])                # in index order the race looks right
+    assert not np.array_equal(*got["reverse"])             # in reverse it does not
+
+
+def test_a_functor_that_syncs_runs_with_fibers():
+    m = compile_module(RACES, name="races.cu")
+    out = np.zeros(32, np.float32)
+    m.get_function("functor_sync")((1,), (32,), (out,))
+    np.testing.assert_array_equal(out, np.full(32, 3.0))
+
+
+def test_dynamic_shared_memory_starts_as_garbage_in_every_block():
+    m = compile_module(RACES, name="races.cu")
+    out = np.zeros(3 * 32, np.float32)
+    m.get_function("dyn_garbage")((3,), (32,), (out,), shared_mem=32 * 4)
+    assert (out[:32] == 7).all() and np.isnan(out[32:]).all()   # block 0's values do not leak

@@ -344,3 +344,9 @@ def test_batch_norm_evaluation_needs_running_statistics(device):
     x = t(np.random.default_rng(11).standard_normal((4, 3)), device)
     with pytest.raises(ValueError, match="running_mean and running_var"):
         F.batch_norm(x, None, None, training=False)
+
+
+def test_pooling_an_empty_plane_is_refused_an_empty_batch_is_not(device):
+    with pytest.raises(ValueError, match="non-zero height and width"):
+        F.max_pool2d(t(np.zeros((1, 1, 0, 4)), device), 2, padding=1)
+    assert F.avg_pool2d(t(np.zeros((0, 1, 4, 4)), device), 2).shape == (0, 1, 2, 2)

@@ -573,3 +573,21 @@ def test_wrappers_refuse_missing_required_arrays_and_take_empty_convs(emu, cpu):
         assert y.shape == (2, 0, 3, 3)
         gx, gw, gb = be.conv2d_backward(x, w, y, (1, 1), (0, 0), (1, 1), 1)
         assert gx.shape == x.shape and not gx.any() and gw.shape == w.shape and gb.shape == (0,)
+
+
+def test_pool_backward_with_a_stride_near_the_int32_limit(emu, cpu):
+    """gd_window_range's ceil(a / s) once overflowed for s near 2^31: gradient spilled outside the window."""
+    x = np.random.default_rng(3).standard_normal((1, 2, 10, 10)).astype(np.float32)
+    s = 2 ** 31 - 1
+    y, arg = cpu.max_pool2d_forward(x, (3, 3), (s, s), (0, 0))
+    gy = np.ones_like(y)
+    for be in (emu, cpu):
+        np.testing.assert_array_equal(be.avg_pool2d_backward(gy, x.shape, (3, 3), (s, s), (0, 0), True),
+                                      cpu.avg_pool2d_backward(gy, x.shape, (3, 3), (s, s), (0, 0), True))
+        np.testing.assert_array_equal(be.max_pool2d_backward(gy, arg, x.shape, (3, 3), (s, s), (0, 0)),
+                                      cpu.max_pool2d_backward(gy, arg, x.shape, (3, 3), (s, s), (0, 0)))
+
+
+def test_pooling_refuses_an_empty_plane(emu):
+    with pytest.raises(ValueError, match="non-zero size"):
+        emu.max_pool2d_forward(np.zeros((1, 1, 0, 4), np.float32), (2, 2), (2, 2), (1, 1))

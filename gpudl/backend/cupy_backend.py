@@ -397,6 +397,8 @@ class _Backend:
         kH, kW = _pair(kernel, f"{op} kernel", 1)
         sh, sw = _pair(stride, f"{op} stride", 1)
         ph, pw = _pair(padding, f"{op} padding", 0)
+        if (H == 0 or W == 0) and N * C:
+            raise ValueError(f"{op}: expected an input plane of non-zero size, got {tuple(x_shape)}")
         if ph > kH // 2 or pw > kW // 2:
             raise ValueError(f"{op}: padding {(ph, pw)} must be at most half the kernel "
                              f"{(kH, kW)}")

@@ -92,6 +92,9 @@ def _pool_args(x, kernel_size, stride, padding, op):
     for k, p in zip(kernel, padding):
         if p > k // 2:
             raise ValueError(f"{op}: padding {padding} must be at most half of kernel_size {kernel}")
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"{op}: expected an input of non-zero height and width (only the batch "
+                         f"may be empty, as in PyTorch), got {x.shape}")
     for axis, size, k, s, p in (("height", x.shape[2], kernel[0], stride[0], padding[0]),
                                 ("width", x.shape[3], kernel[1], stride[1], padding[1])):
         if _out_size(size, k, s, p, 1) < 1:

@@ -301,8 +301,17 @@ inline void release_warp(Warp& w, int wi) {  // all live lanes arrived: they are
   release(WAIT_WARP, wi * 32, wi * 32 + w.size);
 }
 
+// GPUDL_EMU_ORDER=reverse runs blocks, and the threads of a block, last first:
+// a kernel whose result depends on the order (a missing __syncthreads, a
+// read-modify-write race) then gives a different answer than in the default
+// order.  The CPU tests run every kernel in both orders (make test-asan).
+inline bool reverse_order() {
+  const char* e = getenv("GPUDL_EMU_ORDER");
+  return e && strcmp(e, "reverse") == 0;
+}
+
 // Runs one block as fibers until every thread has finished.
-inline int run_block() {
+inline int run_block(bool rev) {
   int n = (int)(blockDim.x * blockDim.y * blockDim.z);
   S.n = S.live = n; S.bar_arrived = 0;
   for (int wi = 0; wi < (n + 31) / 32; wi++) {
@@ -317,8 +326,8 @@ inline int run_block() {
   }
   while (S.live > 0) {
     bool ran = false;
-    for (int i = 0; i < n; i++) {
-      Fiber* f = &S.f[i];
+    for (int k = 0; k < n; k++) {
+      Fiber* f = &S.f[rev ? n - 1 - k : k];
       if (f->state != RUNNABLE) continue;
       ran = true;
       to_fiber(f);
@@ -391,23 +400,26 @@ int launch(const unsigned* g, const unsigned* b, size_t smem, bool fibers, Body&
   blockDim = dim3(b[0], b[1], b[2]);
   void* dyn = nullptr;
   if (posix_memalign(&dyn, 16, smem) != 0 || (smem && !dyn)) return ERR_NOMEM;
-  memset(dyn, 0xff, smem);  // like a GPU, dynamic shared memory starts as garbage (NaN / -1)
   __emu_dyn_smem = (unsigned char*)dyn;
+  const bool rev = reverse_order();
   int rc = OK;
   if (fibers) {
     if (!reserve((int)(b[0] * b[1] * b[2]))) { free(dyn); return ERR_NOMEM; }
     S.body = [](void* c) { (*(Body*)c)(); };
     S.ctx = &body;
   }
+  // r(i, n): the i-th index of 0 .. n-1 in the chosen order
+  auto r = [rev](unsigned i, unsigned n) { return rev ? n - 1 - i : i; };
   for (unsigned bz = 0; bz < g[2] && rc == OK; bz++)
     for (unsigned by = 0; by < g[1] && rc == OK; by++)
       for (unsigned bx = 0; bx < g[0] && rc == OK; bx++) {
-        blockIdx = {bx, by, bz};
-        if (fibers) { rc = run_block(); continue; }
+        blockIdx = {r(bx, g[0]), r(by, g[1]), r(bz, g[2])};
+        memset(dyn, 0xff, smem);  // each block's dynamic shared memory starts as garbage (NaN / -1)
+        if (fibers) { rc = run_block(rev); continue; }
         for (unsigned z = 0; z < b[2]; z++)
           for (unsigned y = 0; y < b[1]; y++)
             for (unsigned x = 0; x < b[0]; x++) {
-              threadIdx = {x, y, z};
+              threadIdx = {r(x, b[0]), r(y, b[1]), r(z, b[2])};
               body();
             }
       }

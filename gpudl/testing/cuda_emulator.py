@@ -164,7 +164,8 @@ def _kernels(code):
     """extern "C" __global__ kernels: {name: (needs_fibers, launch-bounds max threads)}."""
     spans = [(m.start(), _close(code, m.end() - 1)) for m in _EXTERN_C_BLOCK.finditer(code)]
     bodies, outside = _function_bodies(code)
-    whole_file = bool(_SYNC.search(outside))  # e.g. a macro: be conservative
+    # a sync outside any named function (a macro, a functor's operator()): be conservative
+    whole_file = bool(_SYNC.search(outside)) or any(_SYNC.search(b) for b in bodies.get("", ()))
     kernels = {}
     for m in _KERNEL.finditer(code):
         head = code[max(0, m.start() - 40):m.start()]
