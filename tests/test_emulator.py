@@ -526,6 +526,12 @@ extern "C" __global__ void functor_sync(float* out) {
   if (threadIdx.x < 2) buf[threadIdx.x] = threadIdx.x + 1.f;
   out[threadIdx.x] = Sum()(buf);
 }
+extern "C" __global__ void static_garbage(float* out) {
+  __shared__ float s[32];
+  if (blockIdx.x == 0) s[threadIdx.x] = 7.f;
+  __syncthreads();
+  out[blockIdx.x * blockDim.x + threadIdx.x] = s[threadIdx.x];
+}
 extern "C" __global__ void dyn_garbage(float* out) {
   extern __shared__ float d[];
   if (blockIdx.x == 0) d[threadIdx.x] = 7.f;
@@ -555,8 +561,10 @@ def test_a_functor_that_syncs_runs_with_fibers():
     np.testing.assert_array_equal(out, np.full(32, 3.0))
 
 
-def test_dynamic_shared_memory_starts_as_garbage_in_every_block():
+def test_shared_memory_starts_as_garbage_in_every_block():
     m = compile_module(RACES, name="races.cu")
-    out = np.zeros(3 * 32, np.float32)
-    m.get_function("dyn_garbage")((3,), (32,), (out,), shared_mem=32 * 4)
-    assert (out[:32] == 7).all() and np.isnan(out[32:]).all()   # block 0's values do not leak
+    for kernel, smem in (("dyn_garbage", 32 * 4), ("static_garbage", 0)):
+        for _ in range(2):                                       # nor the last launch's
+            out = np.zeros(3 * 32, np.float32)
+            m.get_function(kernel)((3,), (32,), (out,), shared_mem=smem)
+            assert (out[:32] == 7).all() and np.isnan(out[32:]).all(), kernel   # block 0's values do not leak

@@ -46,13 +46,19 @@
 #define __noinline__ __attribute__((noinline))
 #define __align__(n) __attribute__((aligned(n)))
 #define __launch_bounds__(...)
-#define __shared__ static
+// Static shared memory lives in one section, so that each block can start with it
+// filled with garbage (0xff: NaN / -1), as on a GPU, not with the last block's values.
+#define __shared__ static __attribute__((section("gd_smem")))
 #define CUDART_INF_F __builtin_huge_valf()
 #define CUDART_INF __builtin_huge_val()
 #define CUDART_NAN_F __builtin_nanf("")
 // __restrict__ is already a g++ keyword.
 
 #pragma GCC visibility push(hidden)
+
+// The bounds of the section (the linker defines them; the anchor makes sure it exists).
+extern "C" char __start_gd_smem[], __stop_gd_smem[];
+static char gd_smem_anchor[1] __attribute__((section("gd_smem"), used));
 
 // ---- vector types and the thread coordinates ------------------------------
 struct uint3 { unsigned x, y, z; };
@@ -415,6 +421,9 @@ int launch(const unsigned* g, const unsigned* b, size_t smem, bool fibers, Body&
       for (unsigned bx = 0; bx < g[0] && rc == OK; bx++) {
         blockIdx = {r(bx, g[0]), r(by, g[1]), r(bz, g[2])};
         memset(dyn, 0xff, smem);  // each block's dynamic shared memory starts as garbage (NaN / -1)
+#ifndef __SANITIZE_ADDRESS__      // (ASan's redzones sit between the variables)
+        memset(__start_gd_smem, 0xff, (size_t)(__stop_gd_smem - __start_gd_smem));
+#endif
         if (fibers) { rc = run_block(rev); continue; }
         for (unsigned z = 0; z < b[2]; z++)
           for (unsigned y = 0; y < b[1]; y++)
