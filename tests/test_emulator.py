@@ -568,3 +568,27 @@ def test_shared_memory_starts_as_garbage_in_every_block():
             out = np.zeros(3 * 32, np.float32)
             m.get_function(kernel)((3,), (32,), (out,), shared_mem=smem)
             assert (out[:32] == 7).all() and np.isnan(out[32:]).all(), kernel   # block 0's values do not leak
+
+
+def test_a_shuffle_from_an_exited_lane_is_an_error():
+    src = r"""
+extern "C" __global__ void early_exit_shfl(float* out) {
+  if (threadIdx.x >= 10) return;
+  float v = threadIdx.x;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  out[threadIdx.x] = v;
+}
+extern "C" __global__ void full_warp_shfl(float* out) {
+  float v = threadIdx.x;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  out[threadIdx.x] = v;
+}
+"""
+    m = compile_module(src, name="shfl_exit.cu")
+    with pytest.raises(EmulatorError, match="lane that has exited or does not exist"):
+        m.get_function("early_exit_shfl")((1,), (32,), (np.zeros(32, np.float32),))
+    with pytest.raises(EmulatorError, match="lane that has exited or does not exist"):
+        m.get_function("full_warp_shfl")((1,), (48,), (np.zeros(48, np.float32),))   # a partial warp
+    out = np.zeros(64, np.float32)
+    m.get_function("full_warp_shfl")((1,), (64,), (out,))
+    np.testing.assert_array_equal(out, np.r_[np.full(32, 496.0), np.full(32, 1520.0)])

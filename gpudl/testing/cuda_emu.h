@@ -152,7 +152,7 @@ EMU_ATOMIC(atomicExch, float, v)
 // ---- fibers ---------------------------------------------------------------
 namespace emu {
 enum State : unsigned char { RUNNABLE, WAIT_BAR, WAIT_WARP, DONE };
-enum { OK = 0, ERR_NARGS = 1, ERR_DEADLOCK = 2, ERR_NOMEM = 3 };
+enum { OK = 0, ERR_NARGS = 1, ERR_DEADLOCK = 2, ERR_NOMEM = 3, ERR_SHFL = 4 };
 #ifndef EMU_STACK_KB
 #ifdef __SANITIZE_ADDRESS__
 #define EMU_STACK_KB 256  // ASan frames are larger
@@ -172,7 +172,7 @@ struct Fiber {
 };
 struct Warp { int size, live, arrived; unsigned part; unsigned long long slot[2][32]; };
 struct Sched {
-  Fiber* f = nullptr; Warp* w = nullptr; int cap = 0, n = 0, live = 0, bar_arrived = 0;
+  Fiber* f = nullptr; Warp* w = nullptr; int cap = 0, n = 0, live = 0, bar_arrived = 0, err = 0;
   Fiber* cur = nullptr;  // the running fiber; null outside fiber mode
   void* main_sp = nullptr;
   void (*body)(void*) = nullptr; void* ctx = nullptr;
@@ -319,7 +319,7 @@ inline bool reverse_order() {
 // Runs one block as fibers until every thread has finished.
 inline int run_block(bool rev) {
   int n = (int)(blockDim.x * blockDim.y * blockDim.z);
-  S.n = S.live = n; S.bar_arrived = 0;
+  S.n = S.live = n; S.bar_arrived = 0; S.err = OK;
   for (int wi = 0; wi < (n + 31) / 32; wi++) {
     S.w[wi].size = S.w[wi].live = n - wi * 32 < 32 ? n - wi * 32 : 32;
     S.w[wi].arrived = 0;
@@ -355,7 +355,7 @@ inline int run_block(bool rev) {
       return ERR_DEADLOCK;
     }
   }
-  return OK;
+  return S.err;
 }
 
 inline Fiber* need_fiber(const char* what) {
@@ -383,7 +383,11 @@ template <class T> inline T shfl(Fiber* f, T v, int src) {
   slot[f->lane] = 0;
   memcpy(&slot[f->lane], &v, sizeof(T));
   warp_wait(f);
-  if (src < 0 || src >= w.size) return v;
+  if (src < 0) return v;                 // outside the width: the lane's own value, as CUDA defines
+  if (src >= w.size || !(w.part >> src & 1)) {
+    S.err = ERR_SHFL;                    // a lane that exited or does not exist: undefined on a GPU
+    return v;
+  }
   T r;
   memcpy(&r, &slot[src], sizeof(T));
   return r;

@@ -433,6 +433,8 @@ class EmulatedFunction:
                               shared_mem, argv, len(held))
         if rc:
             why = {1: "argument count mismatch", 3: "out of memory",
+                   4: "a warp shuffle read a lane that has exited or does not exist "
+                      "(undefined on a GPU)",
                    2: "deadlock: threads wait at different barriers "
                       "(__syncthreads/warp operation in divergent code)"}.get(rc, rc)
             raise EmulatorError("%s: launch failed: %s" % (self.name, why))
