@@ -1,6 +1,7 @@
-"""Train ResNet-20 (He et al. 2015) on CIFAR-10 with the paper's recipe, on a GPU or the CPU.
+"""Train ResNet-20 (He et al. 2015) on CIFAR-10 with the paper's recipe (a cosine decay in
+place of its step schedule), on a GPU or the CPU.
 
-    python examples/cifar10_resnet.py                       # the real CIFAR-10, if its folder is there
+    python examples/cifar10_resnet.py                       # the real CIFAR-10 (its folder, else a download)
     python examples/cifar10_resnet.py --synthetic           # a small fake CIFAR-format set: runs anywhere
     python examples/cifar10_resnet.py --epochs 164 --train-size 0 --test-size 0 --batch-size 128 --device cuda
 

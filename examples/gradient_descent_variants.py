@@ -3,9 +3,11 @@
     python examples/gradient_descent_variants.py [--examples 60000] [--out runs/gd_variants]
 
 Softmax regression on 5,000 MNIST digits; each variant gets the same budget of
-examples seen. The DataLoader's batch size is the only difference:
+examples seen. The DataLoader's batch size is what makes the variant:
 ``len(dataset)`` is full-batch gradient descent, ``1`` is stochastic, anything
-between is mini-batch. Writes a plot of training loss against examples seen.
+between is mini-batch; each also gets a learning rate that suits its step count
+(smaller steps for noisier gradients) and the stochastic ones shuffle. Writes a
+plot of training loss against examples seen.
 """
 import argparse
 import os

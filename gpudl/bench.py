@@ -1,8 +1,10 @@
 """Benchmarks: ``python -m gpudl.bench ops|models|knn|all [--device cpu] [--repeat N] [--json]``.
 
-Each subcommand is an entry of :data:`SUBCOMMANDS`: a function that adds its
-own options to an argparse parser and a function that runs it.  Every
-subcommand gets the common options ``--device``, ``--repeat`` and ``--json``.
+``ops`` and ``models`` are entries of :data:`SUBCOMMANDS`: a function that adds
+its own options to an argparse parser and a function that runs it; ``knn``
+(:mod:`gpudl.bench_knn`, against scikit-learn) has its own parser, and ``all``
+runs the three in turn.  Every subcommand takes ``--device``, ``--repeat`` and
+``--json`` (``all`` hands them on to each part).
 
 ``ops`` times the backend's kernel-level functions (forward + backward) next
 to PyTorch when PyTorch is installed (it is an optional, benchmark-only peer:
@@ -357,7 +359,9 @@ def build_parser():
     common.add_argument("--json", action="store_true", help="print the results as JSON")
     parser = argparse.ArgumentParser(
         prog="python -m gpudl.bench",
-        description="gpudl benchmarks, next to PyTorch where it is installed")
+        description="gpudl benchmarks, next to PyTorch where it is installed",
+        epilog="also: knn (k-nearest neighbours against scikit-learn; knn --help for its options) "
+               "and all (ops, models and knn in turn, with --device, --repeat and --json handed on)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (help_, add_args, _) in SUBCOMMANDS.items():
@@ -379,9 +383,10 @@ def _all(rest):
     from .bench_knn import main as knn_main
     shared = [a for a in rest if a not in ("--targets", "--no-targets")]
     knn_rest = ["--json"] * ("--json" in rest)
-    if "--device" in rest and rest.index("--device") + 1 < len(rest):
-        knn_rest += ["--device", rest[rest.index("--device") + 1]]
-    knn_rest += [a for a in rest if a.startswith("--device=")]
+    for opt in ("--device", "--repeat"):
+        if opt in rest and rest.index(opt) + 1 < len(rest):
+            knn_rest += [opt, rest[rest.index(opt) + 1]]
+        knn_rest += [a for a in rest if a.startswith(opt + "=")]
     runs = [("ops", lambda: main(["ops"] + rest)), ("models", lambda: main(["models"] + shared)),
             ("knn", lambda: knn_main(knn_rest))]
     if "--json" not in rest:

@@ -36,8 +36,8 @@ DATASETS = {
     "cifar10": (_cifar10, "CIFAR-10, 3x32x32, 50,000 train / 10,000 test; RandomCrop(32, 4) + flip"),
 }
 
-# the paper's recipe for the CIFAR models (He et al. 2015; Simonyan & Zisserman for VGG):
-# applied to each flag the user did not pass
+# the paper's recipe for the CIFAR models (He et al. 2015; Simonyan & Zisserman for VGG), with
+# a cosine decay in place of the papers' steps: applied to each flag the user did not pass
 _CIFAR_SGD = dict(data="cifar10", optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4,
                   schedule="cosine", batch_size=128)
 MODEL_DEFAULTS = {
@@ -217,7 +217,7 @@ def build_parser():
     t.add_argument("--data", default="mnist", help="dataset name (listed below)")
     t.add_argument("--epochs", type=_positive_int, default=3)
     t.add_argument("--batch-size", type=_positive_int, default=64)
-    t.add_argument("--lr", type=float, default=None, help="learning rate (default: per optimizer)")
+    t.add_argument("--lr", type=float, default=None, help="learning rate (default: per model, else per optimizer)")
     t.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw", "rmsprop"])
     t.add_argument("--momentum", type=float, default=0.9)
     t.add_argument("--weight-decay", type=float, default=0.0)

@@ -73,3 +73,14 @@ def test_bench_all_json_survives_a_stop():
     doc = json.loads(out)
     assert p.returncode == 130 and doc["stopped"].startswith("during ")
     assert doc["bench"] == "all" and all(part["bench"] in ("ops", "models") for part in doc["parts"])
+
+
+def test_all_hands_device_and_repeat_to_each_part(monkeypatch):
+    from gpudl import bench, bench_knn
+    calls = []
+    monkeypatch.setattr(bench, "main", lambda argv: calls.append(("bench", argv)) or 0)
+    monkeypatch.setattr(bench_knn, "main", lambda argv: calls.append(("knn", argv)) or 0)
+    assert bench._all(["--device", "cpu", "--repeat", "3", "--no-targets"]) == 0
+    assert calls == [("bench", ["ops", "--device", "cpu", "--repeat", "3", "--no-targets"]),
+                     ("bench", ["models", "--device", "cpu", "--repeat", "3"]),
+                     ("knn", ["--device", "cpu", "--repeat", "3"])]
