@@ -592,3 +592,22 @@ extern "C" __global__ void full_warp_shfl(float* out) {
     out = np.zeros(64, np.float32)
     m.get_function("full_warp_shfl")((1,), (64,), (out,))
     np.testing.assert_array_equal(out, np.r_[np.full(32, 496.0), np.full(32, 1520.0)])
+
+
+def test_threads_meeting_at_different_barriers_is_an_error():
+    src = r"""
+extern "C" __global__ void split_barrier(float* out) {
+  if (threadIdx.x < 16) { out[threadIdx.x] = 1.f; __syncthreads(); }
+  else { out[threadIdx.x] = 2.f; __syncthreads(); }
+}
+extern "C" __global__ void one_barrier(float* out) {
+  out[blockIdx.x * blockDim.x + threadIdx.x] = threadIdx.x;
+  __syncthreads();
+}
+"""
+    m = compile_module(src, name="split_barrier.cu")
+    with pytest.raises(EmulatorError, match="different __syncthreads"):
+        m.get_function("split_barrier")((1,), (32,), (np.zeros(32, np.float32),))
+    out = np.zeros(64, np.float32)
+    m.get_function("one_barrier")((2,), (32,), (out,))
+    np.testing.assert_array_equal(out, np.r_[np.arange(32), np.arange(32)])

@@ -152,7 +152,7 @@ EMU_ATOMIC(atomicExch, float, v)
 // ---- fibers ---------------------------------------------------------------
 namespace emu {
 enum State : unsigned char { RUNNABLE, WAIT_BAR, WAIT_WARP, DONE };
-enum { OK = 0, ERR_NARGS = 1, ERR_DEADLOCK = 2, ERR_NOMEM = 3, ERR_SHFL = 4 };
+enum { OK = 0, ERR_NARGS = 1, ERR_DEADLOCK = 2, ERR_NOMEM = 3, ERR_SHFL = 4, ERR_BARRIER = 5 };
 #ifndef EMU_STACK_KB
 #ifdef __SANITIZE_ADDRESS__
 #define EMU_STACK_KB 256  // ASan frames are larger
@@ -173,6 +173,7 @@ struct Fiber {
 struct Warp { int size, live, arrived; unsigned part; unsigned long long slot[2][32]; };
 struct Sched {
   Fiber* f = nullptr; Warp* w = nullptr; int cap = 0, n = 0, live = 0, bar_arrived = 0, err = 0;
+  const char* bar_file = nullptr; int bar_line = 0;  // where this phase's first thread waits
   Fiber* cur = nullptr;  // the running fiber; null outside fiber mode
   void* main_sp = nullptr;
   void (*body)(void*) = nullptr; void* ctx = nullptr;
@@ -490,8 +491,17 @@ template <class... P, void (*K)(P...)> struct Kernel<K> {
 }  // namespace emu
 
 // ---- synchronisation and warp intrinsics (need fiber mode) -----------------
-inline void __syncthreads() {
+// Every thread of a phase must wait at the same __syncthreads: two different call
+// sites meeting (divergent code) is undefined on a GPU, so it is an error here.
+#define __syncthreads() emu_syncthreads(__FILE__, __LINE__)
+inline void emu_syncthreads(const char* file, int line) {
   emu::Fiber* f = emu::need_fiber("__syncthreads");
+  if (emu::S.bar_arrived == 0) {
+    emu::S.bar_file = file;
+    emu::S.bar_line = line;
+  } else if (line != emu::S.bar_line || strcmp(file, emu::S.bar_file) != 0) {
+    emu::S.err = emu::ERR_BARRIER;
+  }
   if (++emu::S.bar_arrived == emu::S.live) {
     emu::S.bar_arrived = 0;
     emu::release(emu::WAIT_BAR, 0, emu::S.n);

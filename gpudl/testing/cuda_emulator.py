@@ -435,6 +435,8 @@ class EmulatedFunction:
             why = {1: "argument count mismatch", 3: "out of memory",
                    4: "a warp shuffle read a lane that has exited or does not exist "
                       "(undefined on a GPU)",
+                   5: "threads of a block met at different __syncthreads() calls "
+                      "(divergent code: undefined on a GPU)",
                    2: "deadlock: threads wait at different barriers "
                       "(__syncthreads/warp operation in divergent code)"}.get(rc, rc)
             raise EmulatorError("%s: launch failed: %s" % (self.name, why))
