@@ -391,3 +391,29 @@ def test_cli_trains_resnet20_on_cifar10_with_the_paper_defaults(tmp_path, capsys
     args = cli.build_parser().parse_args(argv := ["train", "--model", "vgg16", "--optimizer", "adam"])
     cli._apply_model_defaults(args, argv)
     assert (args.optimizer, args.lr, args.weight_decay, args.data) == ("adam", None, 5e-4, "cifar10")
+
+
+def test_a_corrupt_or_cut_tarball_leaves_no_folder_behind(tmp_path):
+    d, _ = _write_py(tmp_path / "src")
+    good = tmp_path / "good.tar.gz"
+    with tarfile.open(good, "w:gz") as tar:
+        tar.add(d, arcname="cifar-10-batches-py")
+    raw = bytearray(good.read_bytes())
+    for name, blob in (("flipped", raw[:len(raw) // 2] + bytes(b ^ 0xFF for b in raw[len(raw) // 2:len(raw) // 2 + 16])
+                        + raw[len(raw) // 2 + 16:]), ("cut", raw[:len(raw) * 2 // 3])):
+        root = tmp_path / name
+        root.mkdir()
+        (root / "cifar-10-python.tar.gz").write_bytes(bytes(blob))
+        with pytest.raises(DataFileError, match="cifar-10-python.tar.gz: cannot unpack it"):
+            data.cifar10("train", root=root)
+        assert sorted(p.name for p in root.iterdir()) == ["cifar-10-python.tar.gz"]   # no half folder
+        (root / "cifar-10-python.tar.gz").write_bytes(good.read_bytes())       # the good one then works
+        assert len(data.cifar10("test", root=root)) == 3
+
+
+def test_class_names_that_are_not_utf8_name_the_file(tmp_path):
+    d, _ = _write_py(tmp_path)
+    with open(d / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [b"\xff"] * 10}, f, protocol=2)
+    with pytest.raises(DataFileError, match="batches.meta: a class name is not UTF-8 text"):
+        data.cifar10("test", root=tmp_path)

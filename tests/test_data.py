@@ -689,3 +689,21 @@ def test_random_crop_fills_per_channel_and_refuses_fills_out_of_range():
         RandomCrop(4, padding=1, fill=(1, 2))(x)
     with pytest.raises(ValueError, match="expected fill to be a number or one per channel"):
         RandomCrop(4, padding=1, fill="white")
+
+
+def test_hub_pixels_refuse_nan_and_near_misses():
+    from gpudl.data.mnist import _recover_pixels
+    good = (np.arange(784) % 256).astype(np.float32).reshape(1, 784) / np.float32(256)
+    assert _recover_pixels(good, "x").reshape(-1).tolist() == list(np.arange(784) % 256)
+    for bad in (np.where(np.arange(784) == 3, np.nan, good), good + np.float32(0.0009 / 256)):
+        with pytest.raises(D.DataFileError, match="pixels are not bytes / 256"):
+            _recover_pixels(bad.astype(np.float32), "x")
+
+
+def test_a_stale_raw_file_does_not_shadow_the_fetched_ones(tmp_path, monkeypatch, hub):
+    stale = tmp_path / "r" / "mnist" / "train-images-idx3-ubyte"
+    stale.parent.mkdir(parents=True)
+    D.write_idx(stale, np.zeros((5, 28, 28), np.uint8))          # images only: no labels beside it
+    monkeypatch.setattr(M, "DATA_SHA256", {})
+    train = D.mnist("train", root=tmp_path / "r")
+    assert len(train) == 8

@@ -30,8 +30,12 @@ from __future__ import annotations
 import codecs
 import hashlib
 import io
+import os
 import pickle
+import shutil
 import tarfile
+import tempfile
+import zlib
 from pathlib import Path
 
 import numpy
@@ -186,7 +190,10 @@ def _python_classes(folder):
     names = obj.get(b"label_names") if isinstance(obj, dict) else None
     if not isinstance(names, list) or len(names) != 10 or not all(isinstance(n, (bytes, str)) for n in names):
         raise DataFileError(f"{path}: expected a dict with b'label_names', a list of 10 class names")
-    return tuple(n.decode("utf-8") if isinstance(n, bytes) else n for n in names)
+    try:
+        return tuple(n.decode("utf-8") if isinstance(n, bytes) else n for n in names)
+    except UnicodeDecodeError as e:
+        raise DataFileError(f"{path}: a class name is not UTF-8 text ({e})") from None
 
 
 def _binary_classes(folder):
@@ -217,29 +224,46 @@ def _load_folder(folder, split):
 # ---- finding, unpacking and fetching ---------------------------------------------------------
 
 def extract_tarball(tarball, dest):
-    """Unpack the CIFAR-10 members of ``tarball`` into ``dest`` (each file written atomically).
+    """Unpack the CIFAR-10 members of ``tarball`` into ``dest``; returns the folder made.
 
     Only regular files named ``cifar-10-batches-{py,bin}/<file>`` are taken: no
-    links, no absolute paths, nothing outside ``dest``.  Returns the folder made.
+    links, no absolute paths, nothing outside ``dest``.  The folder is built in
+    a temporary directory and renamed into place whole, and the compressed
+    stream is read to its end (so gzip's CRC is checked): an interrupted or
+    corrupt unpack never leaves a folder behind, and two processes unpacking
+    at once both end with the complete one.
     """
-    made = None
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest, prefix=".tmp-cifar-"))
     try:
-        with tarfile.open(tarball, "r:*") as tar:
-            for m in tar:
-                parts = m.name.split("/")
-                if not m.isfile() or len(parts) != 2 or parts[0] not in TARBALLS or parts[1] in ("", ".", ".."):
-                    continue
-                src = tar.extractfile(m)
-                with atomic_write(dest / parts[0] / parts[1]) as out:
-                    while chunk := src.read(1 << 20):
-                        out.write(chunk)
-                made = dest / parts[0]
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise DataFileError(f"{tarball}: cannot unpack it ({type(e).__name__}: {e}); expected the gzipped tar "
-                            f"of the CIFAR-10 python or binary version") from None
-    if made is None:
-        raise DataFileError(f"{tarball}: holds no {PY_DIR}/ or {BIN_DIR}/ files; expected the CIFAR-10 tarball")
-    return made
+        made = set()
+        try:
+            with tarfile.open(tarball, "r:*") as tar:
+                for m in tar:
+                    parts = m.name.split("/")
+                    if not m.isfile() or len(parts) != 2 or parts[0] not in TARBALLS or parts[1] in ("", ".", ".."):
+                        continue
+                    (tmp / parts[0]).mkdir(exist_ok=True)
+                    with tar.extractfile(m) as src, open(tmp / parts[0] / parts[1], "wb") as out:
+                        shutil.copyfileobj(src, out, 1 << 20)
+                    made.add(parts[0])
+                while tar.fileobj.read(1 << 20):    # to the end: the gzip trailer's CRC is checked
+                    pass
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+            raise DataFileError(f"{tarball}: cannot unpack it ({type(e).__name__}: {e}); expected the gzipped "
+                                f"tar of the CIFAR-10 python or binary version") from None
+        if not made:
+            raise DataFileError(f"{tarball}: holds no {PY_DIR}/ or {BIN_DIR}/ files; expected the CIFAR-10 tarball")
+        for sub in sorted(made):
+            try:
+                os.rename(tmp / sub, dest / sub)
+            except OSError:
+                if not (dest / sub).is_dir():      # (a folder already there: another process won)
+                    raise
+        return dest / sorted(made)[0]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _find_folder(dirs):

