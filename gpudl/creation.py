@@ -177,6 +177,8 @@ def from_numpy(a):
     """A CPU tensor sharing memory with the numpy array ``a`` (no copy)."""
     if not isinstance(a, numpy.ndarray):
         raise TypeError(f"from_numpy: expected a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"from_numpy: expected an array of numbers or bools, got dtype {a.dtype}")
     from .backend import cpu
     return Tensor._make(a, cpu())
 

@@ -333,6 +333,11 @@ def as_device_array(value, device, what):
     return device.backend.asarray(host)
 
 
+def _short(data, limit=80):
+    text = repr(data)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _default_device(device):
     return cpu() if device is None else resolve(device)
 
@@ -340,7 +345,11 @@ def _default_device(device):
 def _infer_dtype(data):
     """gpudl's default dtypes: Python floats -> float32, ints -> int64, bools ->
     bool; NumPy arrays and scalars (and lists of them) keep theirs, as in PyTorch."""
-    a = numpy.asarray(data)
+    try:
+        a = numpy.asarray(data)
+    except ValueError:   # ragged nesting
+        raise ValueError(f"tensor: expected a rectangular nesting of numbers (every row the same "
+                         f"length), got {_short(data)}") from None
     typed = isinstance(data, (numpy.ndarray, numpy.generic)) or (
         isinstance(data, (list, tuple)) and len(data) > 0
         and all(isinstance(v, (numpy.ndarray, numpy.generic, Tensor)) for v in data))
@@ -367,6 +376,8 @@ def tensor(data, dtype=None, device=None, requires_grad=False):
     dev = _default_device(device)
     if dev.backend.is_array(data) or hasattr(data, "__cuda_array_interface__"):
         arr = dev.backend.asarray(data)
+        if arr.dtype.kind not in "biuf" and dtype is None:
+            raise TypeError(f"tensor: expected an array of numbers or bools, got dtype {arr.dtype}")
         arr = arr.astype(dtype or arr.dtype, copy=True)
     else:
         host = numpy.array(data, dtype=dtype or _infer_dtype(data))

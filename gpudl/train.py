@@ -25,6 +25,7 @@ import numpy
 
 from . import io, random as _random
 from .autograd import no_grad
+from .tensor import Tensor
 from .nn import functional as F
 from .nn.utils import clip_grad_norm_
 
@@ -73,6 +74,17 @@ class _Meter:
         if not self.count:
             return float("nan"), float("nan")
         return self.loss_sum.item() / self.count, self.correct.item() / self.count
+
+
+def _inputs_targets(batch, op):
+    """(inputs, targets) Tensors from one batch of a loader, or a clear error."""
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2
+            and all(isinstance(v, Tensor) for v in batch)):
+        got = (f"{type(batch).__name__} of {len(batch)}: " + ", ".join(type(v).__name__ for v in batch)
+               if isinstance(batch, (tuple, list)) else type(batch).__name__)
+        raise TypeError(f"{op}: expected each batch to be (inputs, targets), two Tensors, as a "
+                        f"gpudl.data.DataLoader over a dataset of (x, y) samples gives; got {got}")
+    return batch
 
 
 class Trainer:
@@ -125,7 +137,8 @@ class Trainer:
         meter = _Meter()
         t0 = time.perf_counter()
         bar = _progress(loader, len(loader), f"epoch {self.epoch + 1}", self.progress)
-        for step, (x, y) in enumerate(bar):
+        for step, batch in enumerate(bar):
+            x, y = _inputs_targets(batch, "Trainer.fit")
             x, y = x.to(self.device), y.to(self.device)
             logits = self.model(x)
             loss = self.loss_fn(logits, y)
@@ -153,7 +166,8 @@ class Trainer:
         self.model.eval()
         meter = _Meter()
         with no_grad():
-            for x, y in loader:
+            for batch in loader:
+                x, y = _inputs_targets(batch, "Trainer.evaluate")
                 x, y = x.to(self.device), y.to(self.device)
                 logits = self.model(x)
                 meter.add(self.loss_fn(logits, y), logits, y)
@@ -300,7 +314,8 @@ def predict(model, loader):
     model.eval()
     preds, targets = [], []
     with no_grad():
-        for x, y in loader:
+        for batch in loader:
+            x, y = _inputs_targets(batch, "predict")
             preds.append(model(x.to(device)).argmax(1).numpy())
             targets.append(y.numpy())
     model.train(was)

@@ -22,8 +22,14 @@ def linear(input, weight, bias=None):
     if not isinstance(input, Tensor) or input.ndim < 1 or input.shape[-1] != weight.shape[1]:
         raise ValueError(f"linear: expected input of shape (..., {weight.shape[1]}), got "
                          f"{input.shape if isinstance(input, Tensor) else type(input).__name__}")
+    if input.dtype != weight.dtype:
+        raise TypeError(f"linear: input is {input.dtype} but weight is {weight.dtype} (convert one, "
+                        f"e.g. x.float() or model.to(dtype=...))")
     out = matmul(input, weight.T)
     if bias is not None:
+        if not isinstance(bias, Tensor) or bias.shape != (weight.shape[0],):
+            raise ValueError(f"linear: expected bias of shape ({weight.shape[0]},), got "
+                             f"{bias.shape if isinstance(bias, Tensor) else type(bias).__name__}")
         if bias.shape != (weight.shape[0],):
             raise ValueError(f"linear: expected bias of shape ({weight.shape[0]},), got {bias.shape}")
         out = out + bias

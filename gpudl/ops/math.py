@@ -500,13 +500,23 @@ def min(x, dim=None, keepdim=False):
     return _max_min(x, dim, keepdim, False)
 
 
+def _nonempty(x, axes, op):
+    """A reduction with no identity (max, argmax, ...) needs values along its axes."""
+    if builtins.any(x.shape[a] == 0 for a in axes) or (not axes and x.numel() == 0):
+        raise ValueError(f"{op}: expected a non-empty tensor along the reduced dims, got shape {x.shape}")
+
+
 def amax(x, dim=None, keepdim=False):
     """max over ``dim`` (int or tuple) returning values only; ties share the gradient."""
-    return MaxMin.apply(x, _reduce_args(x, dim, "amax"), keepdim, True)
+    axes = _reduce_args(x, dim, "amax")
+    _nonempty(x, axes, "amax")
+    return MaxMin.apply(x, axes, keepdim, True)
 
 
 def amin(x, dim=None, keepdim=False):
-    return MaxMin.apply(x, _reduce_args(x, dim, "amin"), keepdim, False)
+    axes = _reduce_args(x, dim, "amin")
+    _nonempty(x, axes, "amin")
+    return MaxMin.apply(x, axes, keepdim, False)
 
 
 def _var(x, dim, unbiased, keepdim, correction, op):
@@ -543,6 +553,7 @@ def logsumexp(x, dim=None, keepdim=False):
 
 
 def _arg(x, dim, keepdim, op):
+    _nonempty(x, _reduce_args(x, dim, op), op)
     if dim is None:
         idx = getattr(x.data.reshape(-1), op)()
         out = x.device.backend.xp.asarray(idx, dtype="int64")

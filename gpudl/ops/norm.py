@@ -43,12 +43,17 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     if not isinstance(input, Tensor) or input.ndim not in (2, 3, 4):
         raise ValueError(f"{op}: expected input of shape (N, C), (N, C, L) or (N, C, H, W), got "
                          f"{input.shape if isinstance(input, Tensor) else type(input).__name__}")
+    if input.dtype.kind != "f":
+        raise TypeError(f"{op}: expected floating-point input, got {input.dtype}")
     c = input.shape[1]
     for name, t in (("running_mean", running_mean), ("running_var", running_var),
                     ("weight", weight), ("bias", bias)):
         if t is not None and (not isinstance(t, Tensor) or t.shape != (c,)):
-            raise ValueError(f"{op}: expected {name} of shape ({c},), got "
-                             f"{t.shape if isinstance(t, Tensor) else type(t).__name__}")
+            raise ValueError(f"{op}: the input has {c} channels (dim 1 of {input.shape}) but {name} has "
+                             f"{t.shape if isinstance(t, Tensor) else type(t).__name__} values; "
+                             f"expected shape ({c},)")
+        if name == "weight" and t is not None and t.dtype != input.dtype:
+            raise TypeError(f"{op}: input is {input.dtype} but weight is {t.dtype}")
         if t is not None and t.device != input.device:
             raise ValueError(f"{op}: input on {input.device}, {name} on {t.device}")
     m = input.numel() // c

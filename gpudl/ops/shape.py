@@ -146,9 +146,35 @@ def _convert_index(idx, x):
             return i
         raise TypeError(f"index: expected int, slice, None, Ellipsis, a bool/int Tensor or a list, got {type(i).__name__}")
 
-    if isinstance(idx, tuple):
-        return tuple(conv(i) for i in idx)
-    return conv(idx)
+    out = tuple(conv(i) for i in idx) if isinstance(idx, tuple) else conv(idx)
+    if x.device.type != "cpu":
+        _check_array_bounds(out if isinstance(out, tuple) else (out,), x.shape)
+    return out
+
+
+def _check_array_bounds(parts, shape):
+    """Integer index arrays within their axis.  NumPy raises for an index out of
+    bounds; CuPy wraps it around silently, so the GPU backends check first."""
+    ndim = len(shape)
+    used = builtins.sum(1 if not _is_array_index(p) or p.dtype.kind != "b" else p.ndim
+                        for p in parts if p is not None and p is not Ellipsis)
+    axis = 0
+    for p in parts:
+        if p is None:
+            continue
+        if p is Ellipsis:
+            axis += ndim - used
+            continue
+        if _is_array_index(p) and p.dtype.kind == "b":
+            axis += p.ndim
+            continue
+        if _is_array_index(p) and p.dtype.kind in "iu" and p.size and axis < ndim:
+            n = shape[axis]
+            if bool(((p < -n) | (p >= n)).any()):
+                bad = int(p[(p < -n) | (p >= n)].ravel()[0])
+                raise IndexError(f"index: {bad} is out of bounds for axis {axis} of size {n} "
+                                 f"(tensor of shape {tuple(shape)})")
+        axis += 1
 
 
 def _is_array_index(i):
@@ -199,7 +225,12 @@ def setitem(x, idx, value):
         if value.device != x.device:
             raise ValueError(f"setitem: value on {value.device}, tensor on {x.device}")
         value = value.data
-    x.data[idx] = value
+    elif value is None:
+        raise TypeError("setitem: expected a number, an array or a Tensor as the value, got None")
+    try:
+        x.data[idx] = value
+    except (IndexError, ValueError) as e:
+        raise type(e)(f"setitem: {e} (tensor of shape {x.shape})") from None
 
 
 # ---- joining and splitting -----------------------------------------------------------
@@ -218,6 +249,8 @@ class Cat(Function):
 
 
 def _check_join(tensors, op):
+    if not isinstance(tensors, (list, tuple)):
+        raise TypeError(f"{op}: expected a list or tuple of tensors, got {type(tensors).__name__}")
     tensors = list(tensors)
     if not tensors:
         raise ValueError(f"{op}: expected a non-empty sequence of tensors")
@@ -233,6 +266,8 @@ def _check_join(tensors, op):
 def cat(tensors, dim=0):
     tensors = _check_join(tensors, "cat")
     ref = tensors[0]
+    if ref.ndim == 0:
+        raise ValueError("cat: zero-dimensional tensors cannot be concatenated; use stack")
     ax = norm_axis(dim, ref.ndim, "cat")[0]
     for t in tensors[1:]:
         if t.ndim != ref.ndim or builtins.any(a != b for i, (a, b) in enumerate(zip(t.shape, ref.shape)) if i != ax):
@@ -269,10 +304,14 @@ def split(x, split_size_or_sections, dim=0):
         if step <= 0:
             raise ValueError(f"split: expected a positive size, got {step}")
         sizes = [builtins.min(step, n - s) for s in range(0, n, step)]
-    else:
+    elif isinstance(split_size_or_sections, (list, tuple)) and builtins.all(
+            isinstance(s, numbers.Integral) and s >= 0 for s in split_size_or_sections):
         sizes = [int(s) for s in split_size_or_sections]
         if builtins.sum(sizes) != n:
             raise ValueError(f"split: sizes {sizes} do not add up to {n} (dim {dim} of shape {x.shape})")
+    else:
+        raise TypeError(f"split: expected a positive int or a list of non-negative ints, "
+                        f"got {split_size_or_sections!r}")
     out, start = [], 0
     for s in sizes:
         idx = (slice(None),) * ax + (slice(start, start + s),)
@@ -282,6 +321,8 @@ def split(x, split_size_or_sections, dim=0):
 
 
 def chunk(x, chunks, dim=0):
+    if not isinstance(chunks, numbers.Integral) or chunks < 1:
+        raise ValueError(f"chunk: expected a positive number of chunks, got {chunks!r}")
     n = x.shape[norm_axis(dim, x.ndim, "chunk")[0]]
     return split(x, -(-n // int(chunks)), dim)
 

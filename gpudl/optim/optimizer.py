@@ -56,6 +56,9 @@ class Optimizer:
         self.state = {}           # Tensor -> dict of per-parameter state
         self.param_groups = []
         self._scratch_buffers = {}  # (device, dtype) -> flat array, not part of the state
+        if hasattr(params, "parameters") and callable(params.parameters):
+            raise TypeError(f"params: expected model.parameters() (an iterable of Tensors), got the "
+                            f"{type(params).__name__} module itself")
         if isinstance(params, (Tensor, dict)):
             raise TypeError(
                 "params: expected an iterable of Tensors or of dicts (parameter groups), "

@@ -1,0 +1,63 @@
+"""Bad input gets an error that names what was expected and what came (found by fuzzing the API)."""
+import numpy as np
+import pytest
+
+import gpudl
+import gpudl.nn as nn
+import gpudl.nn.functional as F
+from gpudl import optim, data
+from gpudl.train import Trainer, confusion_matrix  # noqa: F401
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: gpudl.tensor([[1, 2], [3]]), ValueError, "rectangular nesting"),
+    (lambda: gpudl.tensor(np.array([1, "a"], object)), TypeError, "got dtype object"),
+    (lambda: gpudl.from_numpy(np.array(["a"])), TypeError, "got dtype <U1"),
+    (lambda: gpudl.cat(gpudl.zeros(2, 3)), TypeError, "list or tuple of tensors, got Tensor"),
+    (lambda: gpudl.cat([gpudl.tensor(1.0), gpudl.tensor(2.0)]), ValueError, "use stack"),
+    (lambda: gpudl.chunk(gpudl.zeros(4), 0), ValueError, "positive number of chunks"),
+    (lambda: gpudl.split(gpudl.zeros(2, 3), [4, -1], dim=1), TypeError, "non-negative ints"),
+    (lambda: gpudl.zeros(0).argmax(), ValueError, "non-empty tensor"),
+    (lambda: gpudl.zeros(0, 3).amax(0), ValueError, "non-empty tensor"),
+    (lambda: F.linear(gpudl.zeros(2, 3, dtype="float64"), nn.Linear(3, 2).weight), TypeError,
+     "input is float64 but weight is float32"),
+    (lambda: nn.BatchNorm2d(3)(gpudl.zeros(2, 4, 5, 5)), ValueError, "the input has 4 channels"),
+    (lambda: nn.BatchNorm1d(3)(gpudl.tensor(np.ones((4, 3), np.int64))), TypeError, "floating-point input"),
+    (lambda: optim.SGD(nn.Linear(2, 2), lr=0.1), TypeError, "got the Linear module itself"),
+    (lambda: optim.Adam(nn.Linear(2, 2).parameters(), betas=0.9), ValueError, "a pair \\(beta1, beta2\\)"),
+])
+def test_bad_input_is_named(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_setitem_names_the_tensor_and_refuses_none():
+    x = gpudl.zeros(3)
+    with pytest.raises(ValueError, match=r"setitem: .*tensor of shape \(3,\)"):
+        x[:] = np.ones(4)
+    with pytest.raises(TypeError, match="got None"):
+        x[0] = None
+
+
+def test_index_out_of_bounds_is_checked_on_the_gpu_backends(device):
+    """CuPy wraps an out-of-bounds index array around; the GPU backends check it first."""
+    x = gpudl.tensor(np.arange(6.0).reshape(2, 3), device=device)
+    idx = gpudl.tensor([0, 9], device=device)
+    with pytest.raises(IndexError, match="9 is out of bounds for axis 0 (of|with) size 2"):
+        x[idx]
+    with pytest.raises(IndexError, match="out of bounds for axis 1 (of|with) size 3"):
+        x[..., gpudl.tensor([-4], device=device)]
+    np.testing.assert_array_equal(x[gpudl.tensor([1, -1], device=device)].numpy(), [[3, 4, 5], [3, 4, 5]])
+    mask = gpudl.tensor([True, False], device=device)
+    np.testing.assert_array_equal(x[mask, gpudl.tensor([2], device=device)].numpy(), [2.0])
+
+
+def test_trainer_says_what_a_batch_must_be():
+    m = nn.Linear(4, 2)
+    tr = Trainer(m, optim.SGD(m.parameters(), lr=0.1), progress=False, log=None)
+    with pytest.raises(TypeError, match=r"each batch to be \(inputs, targets\), two Tensors.*got ndarray"):
+        tr.fit([np.zeros((2, 4))], 1)
+    with pytest.raises(TypeError, match=r"got tuple of 3"):
+        tr.fit([(gpudl.zeros(2, 4), gpudl.zeros(2), gpudl.zeros(2))], 1)
+    loader = data.DataLoader(data.TensorDataset(np.zeros((4, 4), np.float32), np.zeros(4, np.int64)), 2)
+    assert len(tr.fit(loader, 1)) == 1
