@@ -28,6 +28,12 @@ def _positive_int(name, value):
     return int(value)
 
 
+def _non_negative(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+        raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
+    return value
+
+
 def _per_group(name, optimizer, value):
     """One value per parameter group: a list of that length, or one value for all."""
     if isinstance(value, (list, tuple)):
@@ -132,7 +138,7 @@ class StepLR(LRScheduler):
 
     def __init__(self, optimizer, step_size, gamma=0.1, last_epoch=-1):
         self.step_size = _positive_int("step_size", step_size)
-        self.gamma = gamma
+        self.gamma = _non_negative("gamma", gamma)
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
@@ -148,8 +154,11 @@ class MultiStepLR(LRScheduler):
     """Multiply the lr by ``gamma`` at each milestone epoch (a repeated milestone counts twice)."""
 
     def __init__(self, optimizer, milestones, gamma=0.1, last_epoch=-1):
+        if not isinstance(milestones, (list, tuple, range)) or not all(
+                isinstance(m, numbers.Integral) and not isinstance(m, bool) for m in milestones):
+            raise ValueError(f"milestones: expected a list of epoch numbers, got {milestones!r}")
         self.milestones = sorted(int(m) for m in milestones)
-        self.gamma = gamma
+        self.gamma = _non_negative("gamma", gamma)
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
@@ -259,8 +268,12 @@ class OneCycleLR(LRScheduler):
         warm = float(pct_start * self.total_steps)
         self._phase_ends = ([warm - 1, 2 * warm - 2] if self.three_phase else [warm - 1]) + [self.total_steps - 1]
         groups = optimizer.param_groups
+        for name, v in (("div_factor", div_factor), ("final_div_factor", final_div_factor)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v > 0:
+                raise ValueError(f"{name}: expected a number > 0, got {v!r}")
         if last_epoch == -1:
             for group, top in zip(groups, _per_group("max_lr", optimizer, max_lr)):
+                _non_negative("max_lr", top)
                 group["initial_lr"] = top / div_factor
                 group["max_lr"] = top
                 group["min_lr"] = group["initial_lr"] / final_div_factor
