@@ -101,7 +101,14 @@ class Trainer:
                  out_dir=None, progress=True, early_stopping=None, log=print, clip_grad_norm=None):
         if scheduler_step not in ("epoch", "batch"):
             raise ValueError(f"Trainer: expected scheduler_step 'epoch' or 'batch', got {scheduler_step!r}")
-        if clip_grad_norm is not None and not clip_grad_norm > 0:
+        for what, obj, needs in (("model", model, "parameters"), ("optimizer", optimizer, "step"),
+                                 ("scheduler", scheduler, "step")):
+            if (obj is not None or what != "scheduler") and not callable(getattr(obj, needs, None)):
+                raise TypeError(f"Trainer: the {what} must have a .{needs}() method, got {type(obj).__name__}")
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"Trainer: expected loss_fn to be callable, got {type(loss_fn).__name__}")
+        if clip_grad_norm is not None and (isinstance(clip_grad_norm, bool) or not isinstance(
+                clip_grad_norm, numbers.Real) or not clip_grad_norm > 0):
             raise ValueError(f"Trainer: expected clip_grad_norm > 0 or None, got {clip_grad_norm!r}")
         if early_stopping is not None and (isinstance(early_stopping, bool) or not isinstance(
                 early_stopping, numbers.Integral) or early_stopping < 1):
@@ -178,6 +185,8 @@ class Trainer:
     # ---- the loop -------------------------------------------------------------------
     def fit(self, train_loader, epochs, val_loader=None, resume=False):
         """Train for ``epochs`` epochs in total (a resumed run counts the ones already done)."""
+        if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
+            raise ValueError(f"Trainer.fit: expected epochs to be a positive int, got {epochs!r}")
         if resume:
             path = resume if isinstance(resume, (str, os.PathLike)) else self.checkpoint_path
             if path and os.path.exists(path):

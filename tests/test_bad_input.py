@@ -74,3 +74,27 @@ def test_schedulers_refuse_arguments_that_would_give_negative_or_broken_rates():
         S.OneCycleLR(opt, max_lr=-1.0, total_steps=10)
     with pytest.raises(ValueError, match="div_factor: expected a number > 0, got 0"):
         S.OneCycleLR(opt, max_lr=1.0, total_steps=10, div_factor=0)
+
+
+def test_trainer_scheduler_and_transform_arguments_are_checked_up_front():
+    from gpudl.data import transforms as T
+    from gpudl.optim import lr_scheduler as S
+    m = nn.Linear(2, 2)
+    opt = optim.SGD(m.parameters(), lr=0.1)
+    for kwargs, message in ((dict(model=3, optimizer=opt), r"the model must have a .parameters\(\) method, got int"),
+                            (dict(model=m, optimizer=None), r"the optimizer must have a .step\(\) method, got NoneType"),
+                            (dict(model=m, optimizer=opt, scheduler=3), r"the scheduler must have a .step\(\) method"),
+                            (dict(model=m, optimizer=opt, loss_fn=3), "loss_fn to be callable"),
+                            (dict(model=m, optimizer=opt, clip_grad_norm="x"), "clip_grad_norm > 0")):
+        with pytest.raises((TypeError, ValueError), match=message):
+            Trainer(progress=False, log=None, **kwargs)
+    with pytest.raises(ValueError, match="epochs to be a positive int, got None"):
+        Trainer(m, opt, progress=False, log=None).fit([], None)
+    with pytest.raises(TypeError, match="lr_lambda to be a function"):
+        S.LambdaLR(opt, 0.5)
+    with pytest.raises(TypeError, match="a list of transforms, got ToFloat"):
+        T.Compose(T.ToFloat())
+    with pytest.raises(TypeError, match="a shape of ints"):
+        gpudl.zeros(6).reshape(2.5, 3)
+    with pytest.raises(ValueError, match="sizes must be >= 0"):
+        gpudl.zeros(6).reshape(-3, -2)

@@ -52,6 +52,9 @@ class Compose(Transform):
     """Apply ``transforms`` in order."""
 
     def __init__(self, transforms):
+        if callable(transforms) or not hasattr(transforms, "__iter__"):
+            raise TypeError(f"Compose: expected a list of transforms, got {type(transforms).__name__} "
+                            f"(wrap it in a list)")
         self.transforms = list(transforms)
         for t in self.transforms:
             if not callable(t):

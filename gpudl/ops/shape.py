@@ -26,7 +26,11 @@ class Reshape(Function):
 def _resolve_shape(x, shape, op):
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
+    if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in shape):
+        raise TypeError(f"{op}: expected a shape of ints, got {shape!r}")
     shape = tuple(int(s) for s in shape)
+    if builtins.any(s < -1 for s in shape):
+        raise ValueError(f"{op}: sizes must be >= 0 (or -1 for one inferred size), got {shape}")
     if shape.count(-1) > 1:
         raise ValueError(f"{op}: only one dimension can be -1, got {shape}")
     known = math.prod(s for s in shape if s != -1)

@@ -127,6 +127,10 @@ class LambdaLR(LRScheduler):
     def __init__(self, optimizer, lr_lambda, last_epoch=-1):
         self.optimizer = optimizer
         self.lr_lambdas = _per_group("lr_lambda", optimizer, lr_lambda)
+        for fn in self.lr_lambdas:
+            if not callable(fn):
+                raise TypeError(f"LambdaLR: expected lr_lambda to be a function of the epoch (or one per "
+                                f"group), got {type(fn).__name__}")
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
