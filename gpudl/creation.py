@@ -86,13 +86,15 @@ def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False
 
 def linspace(start, end, steps, dtype=None, device=None, requires_grad=False):
     dev = _default_device(device)
-    arr = dev.backend.xp.linspace(start, end, int(steps), dtype=as_dtype(dtype) or float32)
+    steps = _count("linspace", "steps", steps)
+    arr = dev.backend.xp.linspace(start, end, steps, dtype=as_dtype(dtype) or float32)
     return _finish(arr, dev, requires_grad)
 
 
 def eye(n, m=None, dtype=None, device=None, requires_grad=False):
     dev = _default_device(device)
-    arr = dev.backend.xp.eye(int(n), None if m is None else int(m), dtype=as_dtype(dtype) or float32)
+    n, m = _count("eye", "n", n), None if m is None else _count("eye", "m", m)
+    arr = dev.backend.xp.eye(n, m, dtype=as_dtype(dtype) or float32)
     return _finish(arr, dev, requires_grad)
 
 
@@ -132,6 +134,11 @@ def randint(low, high=None, size=(), dtype=None, device=None):
         low, high, size = 0, low, high
     if high is None:
         low, high = 0, low
+    for name, v in (("low", low), ("high", high)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"randint: expected an int {name}, got {v!r}")
+    if size is None or not isinstance(size, (numbers.Integral, tuple, list)):
+        raise TypeError(f"randint: expected size to be an int or a tuple of ints, got {size!r}")
     if not low < high:
         raise ValueError(f"randint: expected low < high, got low={low}, high={high}")
     dt = as_dtype(dtype) or int64
@@ -142,7 +149,14 @@ def randint(low, high=None, size=(), dtype=None, device=None):
 
 
 def randperm(n, device=None):
-    return _from_host(_random.cpu_generator().permutation(int(n)), int64, device, False)
+    return _from_host(_random.cpu_generator().permutation(_count("randperm", "n", n)), int64, device, False)
+
+
+def _count(op, name, v):
+    """A size argument: a non-negative int (a float is not truncated silently)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
+        raise ValueError(f"{op}: expected {name} to be a non-negative int, got {v!r}")
+    return int(v)
 
 
 def _like(fn, t, dtype, device, requires_grad, *extra):

@@ -8,6 +8,7 @@ from the same seed, so they stay on the device and are reproducible there.
 """
 from __future__ import annotations
 
+import numbers
 import zlib
 
 import numpy
@@ -20,6 +21,8 @@ _device_gens = {}
 def manual_seed(seed):
     """Seed every generator gpudl uses, on every device."""
     global _seed, _cpu_gen
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"manual_seed: expected a non-negative int, got {seed!r}")
     seed = int(seed)
     if seed < 0:
         raise ValueError(f"manual_seed: expected a non-negative int, got {seed}")
@@ -65,6 +68,9 @@ def get_rng_state():
 
 
 def set_rng_state(state):
+    """Restore what :func:`get_rng_state` returned."""
+    if not hasattr(state, "get") or "cpu" not in state:
+        raise TypeError(f"set_rng_state: expected the dict that get_rng_state() returns, got {type(state).__name__}")
     global _seed
     _seed = state.get("seed")
     _cpu_gen.bit_generator.state = state["cpu"]

@@ -163,6 +163,9 @@ class Trainer:
                 bar.set_postfix_str(f"loss {l:.4f} acc {a:.4f} {rate:,.0f} img/s")
         if bar is not loader:
             bar.close()
+        if not meter.count:
+            raise ValueError("Trainer.fit: the training loader gave no batches (an empty dataset, or "
+                             "drop_last with fewer samples than batch_size)")
         loss, acc = meter.result()
         return {"train_loss": loss, "train_acc": acc, "images": meter.count,
                 "train_time": time.perf_counter() - t0}

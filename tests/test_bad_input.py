@@ -98,3 +98,26 @@ def test_trainer_scheduler_and_transform_arguments_are_checked_up_front():
         gpudl.zeros(6).reshape(2.5, 3)
     with pytest.raises(ValueError, match="sizes must be >= 0"):
         gpudl.zeros(6).reshape(-3, -2)
+
+
+def test_state_loaders_sizes_and_empty_loaders_are_checked():
+    from gpudl.optim import lr_scheduler as S
+    m = nn.Linear(2, 2)
+    opt = optim.SGD(m.parameters(), lr=0.1)
+    loader = data.DataLoader(data.TensorDataset(np.zeros((4, 2), np.float32), np.zeros(4, np.int64)), 2)
+    for target in (opt, S.StepLR(opt, 1), loader):
+        with pytest.raises(TypeError, match="expected the dict that state_dict\\(\\) returns"):
+            target.load_state_dict(None)
+    with pytest.raises(TypeError, match="get_rng_state"):
+        gpudl.random.set_rng_state(None)
+    for call in (lambda: gpudl.eye(2.5), lambda: gpudl.linspace(0, 1, -1), lambda: gpudl.randperm(-1)):
+        with pytest.raises(ValueError, match="non-negative int"):
+            call()
+    with pytest.raises(TypeError, match="expected an int high, got 5.5"):
+        gpudl.randint(0, 5.5)
+    with pytest.raises(TypeError, match="manual_seed: expected a non-negative int"):
+        gpudl.manual_seed(1.5)
+    empty = data.DataLoader(data.TensorDataset(np.zeros((1, 2), np.float32), np.zeros(1, np.int64)), 2,
+                            drop_last=True)
+    with pytest.raises(ValueError, match="the training loader gave no batches"):
+        Trainer(m, opt, progress=False, log=None).fit(empty, 1)

@@ -157,6 +157,9 @@ class DataLoader:
 
     def load_state_dict(self, state):
         """Continue from :meth:`state_dict`: the next iteration resumes that epoch's order."""
+        if not hasattr(state, "keys"):
+            raise TypeError(f"DataLoader.load_state_dict: expected the dict that state_dict() returns, "
+                            f"got {type(state).__name__}")
         missing = {"epoch", "batches_done", "generator"} - set(state)
         if missing:
             raise KeyError(f"DataLoader.load_state_dict: missing keys {sorted(missing)}")

@@ -113,6 +113,9 @@ class LRScheduler:
                 for k, v in self.__dict__.items() if k not in self._not_state}
 
     def load_state_dict(self, state_dict):
+        if not hasattr(state_dict, "items") or "last_epoch" not in state_dict:
+            raise TypeError(f"{type(self).__name__}.load_state_dict: expected the dict that state_dict() "
+                            f"returns, got {type(state_dict).__name__}")
         self.__dict__.update({k: _plain(v) for k, v in state_dict.items() if k not in self._not_state})
 
     def _current_lrs(self):

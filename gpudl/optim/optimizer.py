@@ -197,6 +197,9 @@ class Optimizer:
         parameter's device in its dtype; 'step' becomes an int; tuple-valued
         options read back as lists become tuples again.
         """
+        if not hasattr(state_dict, "get") or "param_groups" not in state_dict or "state" not in state_dict:
+            raise TypeError(f"{type(self).__name__}.load_state_dict: expected the dict that state_dict() "
+                            f"returns (keys 'state' and 'param_groups'), got {type(state_dict).__name__}")
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"load_state_dict: the state has {len(saved_groups)} parameter groups, "
