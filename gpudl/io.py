@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy
 
-from .tensor import Tensor
+from .tensor import Tensor, to_host
 from .backend import resolve, cpu
 
 _MANIFEST = "__gpudl_manifest__"
@@ -30,7 +30,7 @@ def _encode(obj, arrays):
         arrays[key] = obj.device.backend.to_numpy(obj.data)
         return {"__tensor__": key, "requires_grad": bool(obj.requires_grad)}
     if isinstance(obj, numpy.ndarray) or hasattr(obj, "__cuda_array_interface__"):
-        arr = obj.get() if hasattr(obj, "get") else numpy.asarray(obj)
+        arr = to_host(obj)
         if arr.dtype.hasobject:
             raise TypeError("save: cannot store an array of Python objects (it would need a pickle); "
                             "convert it to a numeric or string dtype")

@@ -61,9 +61,8 @@ def run_torch(train_x, train_y, test_x, test_y, epochs, batch, lr):
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
     dev = "cuda"
-    m = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
-                      nn.MaxPool2d(2), nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
-                      nn.Linear(84, 10)).to(dev)
+    from gpudl.bench_models import _torch_models
+    m = _torch_models(torch)["lenet5"]().to(dev)        # the benchmark's PyTorch LeNet-5
     X = ((torch.tensor(train_x, device=dev).float() / 255.0) - 0.1307) / 0.3081
     Y = torch.tensor(train_y, device=dev)
     TX = ((torch.tensor(test_x, device=dev).float() / 255.0) - 0.1307) / 0.3081

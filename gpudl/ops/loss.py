@@ -176,7 +176,7 @@ class BCEWithLogits(Function):
     def forward(ctx, x, y):
         xp = ctx.xp
         ctx.save_for_backward(x, y)
-        return xp.maximum(x, 0) - x * y + xp.log1p(xp.exp(-xp.abs(x)))
+        return ctx.backend.relu(x) - x * y + xp.log1p(xp.exp(-xp.abs(x)))
 
     @staticmethod
     def backward(ctx, g):

@@ -347,7 +347,7 @@ class _Scan:
         if self.mode == "rnn_tanh":
             xp.tanh(h, out=h)
         else:
-            xp.maximum(h, 0, out=h)
+            self.be.relu(h, out=h)
         return h
 
     # -- backward of one step -----------------------------------------------------------

@@ -129,20 +129,26 @@ def expand(x, *shape):
 # ---- indexing --------------------------------------------------------------------
 
 def _convert_index(idx, x):
-    """Tensors in an index become arrays of x's backend; lists become arrays."""
-    xp = x.device.backend.xp
+    """Tensors in an index become arrays of x's backend; lists become arrays.
 
-    def conv(i):
+    On the GPU backends the integer arrays the user gave (Tensors, lists) are
+    bounds-checked; backend arrays passed by gpudl's own ops are trusted (no sync)."""
+    xp = x.device.backend.xp
+    given = []      # (position in the index, array) of user-given integer arrays
+
+    def conv(k, i):
         if isinstance(i, Tensor):
             if i.device != x.device:
                 raise ValueError(f"index: the index is on {i.device}, the tensor on {x.device}")
             if i.dtype.kind not in "iub":
                 raise TypeError(f"index: expected an integer or bool index tensor, got {i.dtype}")
+            given.append(k)
             return i.data
         if isinstance(i, (list, numpy.ndarray)):
             a = numpy.asarray(i)
             if a.dtype.kind not in "iub":
                 raise TypeError(f"index: expected integer or bool indices, got {a.dtype}")
+            given.append(k)
             return xp.asarray(a)
         if isinstance(i, (slice, type(None), type(Ellipsis), numbers.Integral)):
             return i
@@ -150,20 +156,20 @@ def _convert_index(idx, x):
             return i
         raise TypeError(f"index: expected int, slice, None, Ellipsis, a bool/int Tensor or a list, got {type(i).__name__}")
 
-    out = tuple(conv(i) for i in idx) if isinstance(idx, tuple) else conv(idx)
-    if x.device.type != "cpu":
-        _check_array_bounds(out if isinstance(out, tuple) else (out,), x.shape)
-    return out
+    parts = tuple(conv(k, i) for k, i in enumerate(idx if isinstance(idx, tuple) else (idx,)))
+    if given and x.device.type != "cpu":
+        _check_array_bounds(parts, x.shape, set(given))
+    return parts if isinstance(idx, tuple) else parts[0]
 
 
-def _check_array_bounds(parts, shape):
+def _check_array_bounds(parts, shape, check):
     """Integer index arrays within their axis.  NumPy raises for an index out of
     bounds; CuPy wraps it around silently, so the GPU backends check first."""
     ndim = len(shape)
     used = builtins.sum(1 if not _is_array_index(p) or p.dtype.kind != "b" else p.ndim
                         for p in parts if p is not None and p is not Ellipsis)
     axis = 0
-    for p in parts:
+    for k, p in enumerate(parts):
         if p is None:
             continue
         if p is Ellipsis:
@@ -172,7 +178,7 @@ def _check_array_bounds(parts, shape):
         if _is_array_index(p) and p.dtype.kind == "b":
             axis += p.ndim
             continue
-        if _is_array_index(p) and p.dtype.kind in "iu" and p.size and axis < ndim:
+        if k in check and _is_array_index(p) and p.dtype.kind in "iu" and p.size and axis < ndim:
             n = shape[axis]
             if bool(((p < -n) | (p >= n)).any()):
                 bad = int(p[(p < -n) | (p >= n)].ravel()[0])
@@ -219,11 +225,7 @@ def setitem(x, idx, value):
     already saved for its backward pass changes that gradient: gpudl keeps no
     version counters, so build a new tensor (``where``, ``cat``) instead.
     """
-    from ..autograd import is_grad_enabled
-    if is_grad_enabled() and (x.requires_grad or (isinstance(value, Tensor) and value.requires_grad)):
-        raise RuntimeError("setitem: in-place assignment is not recorded by autograd and a tensor here "
-                           "requires grad; do it under gpudl.no_grad() or on .detach(), or build the "
-                           "result with where/cat")
+    x._check_inplace("setitem", value)
     idx = _convert_index(idx, x)
     if isinstance(value, Tensor):
         if value.device != x.device:

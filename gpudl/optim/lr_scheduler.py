@@ -16,7 +16,7 @@ import math
 import numbers
 from bisect import bisect_right
 
-from .optimizer import Optimizer
+from .optimizer import Optimizer, check_number
 
 __all__ = ["LRScheduler", "LambdaLR", "StepLR", "MultiStepLR", "LinearLR",
            "CosineAnnealingLR", "OneCycleLR", "SequentialLR"]
@@ -26,12 +26,6 @@ def _positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
         raise ValueError(f"{name}: expected a positive integer, got {value!r}")
     return int(value)
-
-
-def _non_negative(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
-        raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
-    return value
 
 
 def _per_group(name, optimizer, value):
@@ -145,7 +139,8 @@ class StepLR(LRScheduler):
 
     def __init__(self, optimizer, step_size, gamma=0.1, last_epoch=-1):
         self.step_size = _positive_int("step_size", step_size)
-        self.gamma = _non_negative("gamma", gamma)
+        check_number("gamma", gamma)
+        self.gamma = gamma
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
@@ -165,7 +160,8 @@ class MultiStepLR(LRScheduler):
                 isinstance(m, numbers.Integral) and not isinstance(m, bool) for m in milestones):
             raise ValueError(f"milestones: expected a list of epoch numbers, got {milestones!r}")
         self.milestones = sorted(int(m) for m in milestones)
-        self.gamma = _non_negative("gamma", gamma)
+        check_number("gamma", gamma)
+        self.gamma = gamma
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
@@ -280,7 +276,7 @@ class OneCycleLR(LRScheduler):
                 raise ValueError(f"{name}: expected a number > 0, got {v!r}")
         if last_epoch == -1:
             for group, top in zip(groups, _per_group("max_lr", optimizer, max_lr)):
-                _non_negative("max_lr", top)
+                check_number("max_lr", top)
                 group["initial_lr"] = top / div_factor
                 group["max_lr"] = top
                 group["min_lr"] = group["initial_lr"] / final_div_factor
