@@ -35,43 +35,38 @@ class _GradMode:
         _state.enabled = self._prev
         return False
 
+    def _fresh(self):
+        """A new context with this one's mode (each call of a decorated function gets one)."""
+        return type(self)()
+
     def __call__(self, fn):
         import functools
 
         @functools.wraps(fn)
         def wrapper(*a, **k):
-            with type(self)():
+            with self._fresh():
                 return fn(*a, **k)
         return wrapper
 
 
 class set_grad_enabled(_GradMode):
-    """Turn recording on or off: at once when called, and back when used as ``with``."""
+    """Turn recording on or off: at once when called, and back when used as ``with``;
+    as a decorator, only inside the decorated function."""
 
     def __init__(self, mode):
         self._prev = is_grad_enabled()
         self._mode = bool(mode)
         _state.enabled = self._mode
 
-    def __call__(self, fn):
-        """As a decorator: the mode applies inside ``fn`` only (not from now on)."""
-        import functools
-
-        _state.enabled = self._prev
-        mode = self._mode
-
-        @functools.wraps(fn)
-        def wrapper(*a, **k):
-            with set_grad_enabled(mode):
-                return fn(*a, **k)
-        return wrapper
-
-    def __enter__(self):
+    def __enter__(self):      # the mode is already set (by __init__)
         return self
 
-    def __exit__(self, *exc):
-        _state.enabled = self._prev
-        return False
+    def _fresh(self):
+        return set_grad_enabled(self._mode)
+
+    def __call__(self, fn):
+        _state.enabled = self._prev          # decorating does not change the mode from now on
+        return super().__call__(fn)
 
 
 class no_grad(_GradMode):

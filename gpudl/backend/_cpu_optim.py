@@ -12,7 +12,27 @@ import math
 
 import numpy as np
 
-from ._shared import direction, ema
+
+
+def direction(p, g, out, weight_decay=0.0, maximize=False):
+    """``(-g if maximize else g) + weight_decay * p``: ``g`` itself, or written to ``out``."""
+    if not weight_decay and not maximize:
+        return g
+    if not weight_decay:
+        return np.negative(g, out=out)
+    np.multiply(p, p.dtype.type(weight_decay), out=out)
+    if maximize:
+        out -= g
+    else:
+        out += g
+    return out
+
+
+def ema(avg, x, decay, tmp):
+    """``avg = decay * avg + (1 - decay) * x`` in place (``x`` may be ``tmp``)."""
+    c = avg.dtype.type
+    avg *= c(decay)
+    avg += np.multiply(x, c(1 - decay), out=tmp)
 
 
 def _temporaries(p, scratch):
@@ -25,7 +45,7 @@ def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, maxim
                scratch=None):
     c = p.dtype.type
     s, t = _temporaries(p, scratch)
-    d = direction(np, p, g, s, weight_decay, maximize)
+    d = direction(p, g, s, weight_decay, maximize)
     if momentum:
         if first:
             np.copyto(buf, d)
@@ -40,11 +60,11 @@ def adam_update(p, g, m, v, v_max, lr, beta1, beta2, eps, weight_decay, decouple
                 scratch=None):
     c = p.dtype.type
     s, t = _temporaries(p, scratch)
-    d = direction(np, p, g, s, 0.0 if decoupled else weight_decay, maximize)
+    d = direction(p, g, s, 0.0 if decoupled else weight_decay, maximize)
     if decoupled and weight_decay:
         p *= c(1 - lr * weight_decay)
-    ema(np, m, d, beta1, t)
-    ema(np, v, np.multiply(d, d, out=t), beta2, t)
+    ema(m, d, beta1, t)
+    ema(v, np.multiply(d, d, out=t), beta2, t)
     if v_max is not None:
         v = np.maximum(v_max, v, out=v_max)
     denom = np.sqrt(v, out=t)
@@ -56,10 +76,10 @@ def adam_update(p, g, m, v, v_max, lr, beta1, beta2, eps, weight_decay, decouple
 def rmsprop_update(p, g, v, a, buf, lr, alpha, eps, weight_decay, momentum, maximize, scratch=None):
     c = p.dtype.type
     s, t = _temporaries(p, scratch)
-    d = direction(np, p, g, s, weight_decay, maximize)
-    ema(np, v, np.multiply(d, d, out=t), alpha, t)
+    d = direction(p, g, s, weight_decay, maximize)
+    ema(v, np.multiply(d, d, out=t), alpha, t)
     if a is not None:
-        ema(np, a, d, alpha, t)
+        ema(a, d, alpha, t)
         denom = np.sqrt(np.subtract(v, np.multiply(a, a, out=t), out=t), out=t)
     else:
         denom = np.sqrt(v, out=t)

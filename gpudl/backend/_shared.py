@@ -1,28 +1,6 @@
-"""Element-wise update steps that more than one place runs, written against any
-array module ``xp`` (NumPy or CuPy): the CPU twins of the fused kernels, the GPU
-backend's fallbacks, and the optimizers without a kernel of their own."""
+"""What both backends share: batch norm's running-statistics update, written
+against the arrays' own operators (NumPy or CuPy)."""
 from __future__ import annotations
-
-
-def direction(xp, p, g, out, weight_decay=0.0, maximize=False):
-    """``(-g if maximize else g) + weight_decay * p``: ``g`` itself, or written to ``out``."""
-    if not weight_decay and not maximize:
-        return g
-    if not weight_decay:
-        return xp.negative(g, out=out)
-    xp.multiply(p, p.dtype.type(weight_decay), out=out)
-    if maximize:
-        out -= g
-    else:
-        out += g
-    return out
-
-
-def ema(xp, avg, x, decay, tmp):
-    """``avg = decay * avg + (1 - decay) * x`` in place (``x`` may be ``tmp``)."""
-    c = avg.dtype.type
-    avg *= c(decay)
-    avg += xp.multiply(x, c(1 - decay), out=tmp)
 
 
 def move_running_stats(running_mean, running_var, mean, var, m, momentum):
