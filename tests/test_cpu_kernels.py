@@ -694,3 +694,100 @@ def test_max_pool_argmax_is_the_first_nan_of_a_window():
         k = int(np.argmax(win))                            # numpy: the first NaN, else the first max
         kh, kw = divmod(k, 3)
         assert arg[n, c, i, j] == (2 * i + kh - 1) * 7 + (2 * j + kw - 1)
+
+
+# ---------------------------------------------------------------------------
+# matmul and BLAS's own threads
+
+MATMUL_CASES = [
+    ((7, 5), (5, 9)),            # more columns than rows: cut the columns
+    ((9, 5), (5, 4)),            # more rows: cut the rows
+    ((3, 7, 5), (5, 6)),         # a batch against one matrix
+    ((2, 1, 4, 3), (5, 3, 6)),   # broadcast batch shapes
+    ((5,), (5, 4)),              # 1-D operands: NumPy's rules, not cut
+    ((4, 5), (5,)),
+    ((1, 3), (3, 1)),            # fewer rows than threads
+]
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["pool-idle", "pool-busy"])
+@pytest.mark.parametrize("shapes", MATMUL_CASES, ids=str)
+def test_matmul_matches_numpy(shapes, busy, monkeypatch, poisoned):
+    """While the pool is busy (and with the size limit at 1) every 2-D-or-more
+    product is cut over the pool; each way gives NumPy's answer."""
+    monkeypatch.setattr(K, "_NCPU", max(2, K._NCPU))
+    monkeypatch.setattr(K, "_SPLIT_MNK", 1)
+    monkeypatch.setattr(K, "_pool_used_at", K.time.monotonic() + (1e6 if busy else -1e6))
+    r = rng(21)
+    a, b = r.standard_normal(shapes[0]), r.standard_normal(shapes[1])
+    got = K.matmul(a, b)
+    np.testing.assert_allclose(got, np.matmul(a, b), rtol=1e-12, atol=1e-12)
+    if got.ndim:
+        out = np.full(got.shape, np.nan)
+        assert K.matmul(a, b, out=out) is out
+        np.testing.assert_allclose(out, np.matmul(a, b), rtol=1e-12, atol=1e-12)
+    f32 = K.matmul(a.astype(np.float32), b.astype(np.float32))
+    assert f32.dtype == np.float32
+    np.testing.assert_allclose(f32, np.matmul(a, b), rtol=1e-5, atol=1e-5)
+
+
+def test_matmul_cut_over_the_pool_with_transposed_operands(monkeypatch):
+    """The backward pass hands in transposed views: cut as well."""
+    monkeypatch.setattr(K, "_NCPU", max(2, K._NCPU))
+    monkeypatch.setattr(K, "_SPLIT_MNK", 1)
+    monkeypatch.setattr(K, "_pool_used_at", K.time.monotonic() + 1e6)
+    r = rng(22)
+    a, b = r.standard_normal((6, 11)).astype(np.float32), r.standard_normal((6, 8)).astype(np.float32)
+    np.testing.assert_allclose(K.matmul(a.T, b), a.T @ b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(K.matmul(b.T, a), b.T @ a, rtol=1e-5, atol=1e-5)
+
+
+def _openblas_threads():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    info = [d for d in threadpoolctl.threadpool_info()
+            if d.get("internal_api") == "openblas" and d.get("threading_layer") == "pthreads"]
+    if not info:
+        pytest.skip("no OpenBLAS with its own thread pool is loaded")
+    return [d["num_threads"] for d in info]
+
+
+def test_blas_held_at_one_thread_inside_and_restored_after():
+    import threading
+    before = _openblas_threads()
+    if max(before) < 2:
+        pytest.skip("OpenBLAS runs one thread here already")
+    held = K._BlasThreads()
+    with held:
+        assert _openblas_threads() == [1] * len(before)
+        with held:                                   # nested: still held
+            assert _openblas_threads() == [1] * len(before)
+        seen = []
+        t = threading.Thread(target=lambda: (held.__enter__(), seen.append(_openblas_threads()),
+                                             held.__exit__(None, None, None)))
+        t.start()
+        t.join()
+        assert seen == [[1] * len(before)]
+        # the other thread left, this one is still inside: still held
+        assert _openblas_threads() == [1] * len(before)
+    assert _openblas_threads() == before
+
+
+def test_threaded_conv_leaves_blas_threads_as_they_were(monkeypatch):
+    before = _openblas_threads()
+    monkeypatch.setattr(K, "_NCPU", max(2, K._NCPU))
+    x = rng(23).standard_normal((32, 16, 32, 32)).astype(np.float32)   # >= _SERIAL_FLOPS
+    w = rng(24).standard_normal((16, 16, 3, 3)).astype(np.float32)
+    g = K._Geom(x.shape, w.shape, (1, 1), (1, 1), (1, 1), 1, x.dtype)
+    assert K._conv_flops(g) >= K._SERIAL_FLOPS          # the pool's path
+    inside = []
+    pack = K._pack_input
+
+    def spy(*args, **kwargs):
+        inside.append(_openblas_threads())
+        return pack(*args, **kwargs)
+
+    monkeypatch.setattr(K, "_pack_input", spy)
+    y = K.conv2d_forward(x, w, None, (1, 1), (1, 1), (1, 1), 1)
+    K.conv2d_backward(x, w, np.ones_like(y), (1, 1), (1, 1), (1, 1), 1)
+    assert inside and all(n == [1] * len(before) for n in inside)
+    assert _openblas_threads() == before

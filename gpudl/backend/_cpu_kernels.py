@@ -45,8 +45,11 @@ Softmax cross-entropy
 """
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -143,6 +146,91 @@ _SERIAL_FLOPS = 1e8             # convs smaller than this run on the caller alon
 _local = threading.local()
 
 
+# BLAS's own threads and the pool's.  After a multi-threaded call
+# OpenBLAS's workers spin for about 0.1 s (2**28 cycles) waiting for more
+# work, and the spinning takes a core from whatever runs next.  Alone that
+# is cheap (their hand-off is far quicker than the pool's: a 128x784x256
+# product takes 280 us on OpenBLAS's two threads, 430 us cut in two over
+# the pool), but next to the pool it is not: in a CIFAR CNN step one
+# worker, woken by the fully connected layer, spun through 76 ms of each
+# 170 ms step (per-thread CPU time from /proc/self/task), and the
+# convolutions' backward ran 1.5-2x slower than alone.  So work that uses
+# the pool holds BLAS at one thread (a process-wide setting, restored when
+# the last such call returns), and while the pool is busy (used in the
+# last _POOL_RECENT seconds) big products are cut over the pool rather
+# than handed to BLAS's threads.
+
+class _BlasThreads:
+    """``with _blas_held:`` -- BLAS at one thread inside, as before outside.
+
+    Counted across threads: the first to enter saves and lowers each
+    library's thread count, the last to leave restores it.  Libraries are
+    found once with threadpoolctl (OpenBLAS with its own pthreads pool: the
+    one whose workers spin); without it this is a no-op."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._libs = None          # [(get, set)] of ctypes functions
+        self._saved = ()
+
+    @staticmethod
+    def _find():
+        try:
+            from threadpoolctl import ThreadpoolController
+            ctls = ThreadpoolController().lib_controllers
+        except Exception:          # missing, or a library it cannot read
+            return []
+        libs = []
+        for lc in ctls:
+            if (getattr(lc, "internal_api", "") != "openblas"
+                    or getattr(lc, "threading_layer", "") != "pthreads"):
+                continue
+            fns = []
+            for base in ("openblas_get_num_threads", "openblas_set_num_threads"):
+                for name in (base, "scipy_" + base, base + "64_", "scipy_" + base + "64_"):
+                    f = getattr(lc.dynlib, name, None)
+                    if f is not None:
+                        fns.append(f)
+                        break
+            if len(fns) == 2:
+                libs.append(tuple(fns))
+        return libs
+
+    def __enter__(self):
+        with self._lock:
+            if self._depth == 0:
+                if self._libs is None:
+                    self._libs = self._find()
+                saved = []
+                for get, set_ in self._libs:
+                    n = get()
+                    if n > 1:
+                        set_(1)
+                        saved.append((set_, n))
+                self._saved = saved
+            self._depth += 1
+
+    def __exit__(self, *exc):
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                for set_, n in self._saved:
+                    set_(n)
+                self._saved = ()
+
+
+_blas_held = _BlasThreads()
+_NO_HOLD = contextlib.nullcontext()
+_POOL_RECENT = 0.25             # seconds: OpenBLAS's spin is ~0.1 s
+_pool_used_at = -1e9            # time.monotonic() of the last pool hand-off
+
+
+def _hold_blas(on=True):
+    """``_blas_held`` when the pool may run, else a no-op context."""
+    return _blas_held if on and _threads() > 1 else _NO_HOLD
+
+
 def _threads():
     """Threads the current call may use: 1 inside :func:`_serial`, else _NCPU."""
     return 1 if getattr(_local, "serial", False) else _NCPU
@@ -186,9 +274,11 @@ def _get_pool():
 
 def _parallel(fn, items):
     """``[fn(i) for i in items]``, spread over the pool when it helps."""
+    global _pool_used_at
     items = list(items)
     if _threads() <= 1 or len(items) <= 1 or threading.current_thread().name.startswith("gpudl-cpu"):
         return [fn(i) for i in items]
+    _pool_used_at = time.monotonic()
     return list(_get_pool().map(fn, items))
 
 
@@ -679,6 +769,37 @@ def _mm(jobs):
 
 
 # ---------------------------------------------------------------------------
+# matrix product
+
+_SPLIT_MNK = 1 << 23    # m * n * k below this: the pool's hand-off costs more
+
+
+def matmul(a, b, out=None):
+    """``numpy.matmul(a, b, out=out)``.  While the pool is busy a big
+    product is cut into row (or column) blocks, one per pool thread, with
+    BLAS held at one thread (see _BlasThreads); otherwise BLAS threads it."""
+    if (a.ndim < 2 or b.ndim < 2 or _threads() <= 1
+            or time.monotonic() - _pool_used_at > _POOL_RECENT):
+        return np.matmul(a, b, out=out)
+    m, k = a.shape[-2:]
+    n = b.shape[-1]
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    if m * n * k * math.prod(batch) < _SPLIT_MNK:
+        with _blas_held:
+            return np.matmul(a, b, out=out)
+    with _blas_held:
+        if out is None:
+            out = np.empty(batch + (m, n), np.result_type(a, b))
+        if m >= n:
+            cuts = [slice(m * i // _NCPU, m * (i + 1) // _NCPU) for i in range(_NCPU)]
+            _parallel(lambda r: np.matmul(a[..., r, :], b, out=out[..., r, :]), cuts)
+        else:
+            cuts = [slice(n * i // _NCPU, n * (i + 1) // _NCPU) for i in range(_NCPU)]
+            _parallel(lambda c: np.matmul(a, b[..., c], out=out[..., c]), cuts)
+        return out
+
+
+# ---------------------------------------------------------------------------
 # convolution
 
 def _conv_flops(g):
@@ -689,7 +810,8 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     """2-D cross-correlation, PyTorch semantics; see the module docstring."""
     dt = _float_dtype(x, w)
     g = _Geom(x.shape, w.shape, stride, padding, dilation, groups, dt)
-    with _serial(_conv_flops(g) < _SERIAL_FLOPS):
+    small = _conv_flops(g) < _SERIAL_FLOPS
+    with _serial(small), _hold_blas(not small):
         return _conv2d_forward(x, w, b, g, dt)
 
 
@@ -726,7 +848,8 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, groups,
     need_x, need_w, need_b = (bool(v) for v in need)
     dt = _float_dtype(x, w, gy)
     g = _Geom(x.shape, w.shape, stride, padding, dilation, groups, dt)
-    with _serial(_conv_flops(g) < _SERIAL_FLOPS):
+    small = _conv_flops(g) < _SERIAL_FLOPS
+    with _serial(small), _hold_blas(not small):
         return _conv2d_backward(x, w, gy, g, dt, need_x, need_w, need_b)
 
 

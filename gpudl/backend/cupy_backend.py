@@ -214,6 +214,10 @@ class _Backend:
         with self._scope():
             return self.xp.maximum(a, 0, out=out)
 
+    def matmul(self, a, b, out=None):
+        with self._scope():
+            return self.xp.matmul(a, b, out=out)
+
     def default_rng(self, seed):
         with self._scope():
             return self.xp.random.default_rng(seed)

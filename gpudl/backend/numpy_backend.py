@@ -58,7 +58,7 @@ def synchronize():
 
 
 from ._cpu_kernels import (  # noqa: E402,F401  (the kernel-level ops)
-    conv2d_forward, conv2d_backward,
+    matmul, conv2d_forward, conv2d_backward,
     max_pool2d_forward, max_pool2d_backward,
     avg_pool2d_forward, avg_pool2d_backward,
     softmax_cross_entropy_forward, softmax_cross_entropy_backward,

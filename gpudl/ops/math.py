@@ -273,15 +273,15 @@ class MatMul(Function):
     @staticmethod
     def forward(ctx, a, b):
         ctx.save_for_backward(a, b)
-        return ctx.xp.matmul(a, b)
+        return ctx.backend.matmul(a, b)
 
     @staticmethod
     def backward(ctx, g):
         a, b = ctx.saved
-        xp = ctx.xp
+        xp, mm = ctx.xp, ctx.backend.matmul
         na, nb = ctx.needs_input_grad
-        ga = xp.matmul(g, xp.swapaxes(b, -1, -2)) if na else None
-        gb = xp.matmul(xp.swapaxes(a, -1, -2), g) if nb else None
+        ga = mm(g, xp.swapaxes(b, -1, -2)) if na else None
+        gb = mm(xp.swapaxes(a, -1, -2), g) if nb else None
         return ga, gb
 
 
