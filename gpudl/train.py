@@ -53,27 +53,46 @@ def _progress(iterable, total, desc, enabled):
                 mininterval=0.5)
 
 
+def _class_targets(logits, target):
+    """Whether ``target`` holds class indices for ``logits`` (N, C, ...):
+    integers of shape (N, ...).  Accuracy means nothing for anything else
+    (a regression target, soft labels)."""
+    return (target.dtype.kind in "iu" and logits.ndim >= 2
+            and tuple(target.shape) == (logits.shape[0],) + tuple(logits.shape[2:]))
+
+
 class _Meter:
-    """Sums loss and correct counts on the device; reads them back rarely."""
+    """Sums loss and correct counts on the device; reads them back rarely.
+    The accuracy is NaN unless every batch had class-index targets."""
 
     def __init__(self):
         self.loss_sum = None
         self.correct = None
+        self.classes = True
         self.count = 0
+        self.positions = 0      # predictions scored: N, or N * L for (N, C, L) logits
 
     def add(self, loss, logits, target):
         n = target.shape[0]
         with no_grad():
             l = loss.detach() * n
-            c = (logits.detach().argmax(1) == target).sum()
-        self.loss_sum = l if self.loss_sum is None else self.loss_sum + l
-        self.correct = c if self.correct is None else self.correct + c
+            self.loss_sum = l if self.loss_sum is None else self.loss_sum + l
+            self.classes = self.classes and _class_targets(logits, target)
+            if self.classes:
+                c = (logits.detach().argmax(1) == target).sum()
+                self.correct = c if self.correct is None else self.correct + c
+                self.positions += math.prod(target.shape)
         self.count += n
 
     def result(self):
         if not self.count:
             return float("nan"), float("nan")
-        return self.loss_sum.item() / self.count, self.correct.item() / self.count
+        acc = self.correct.item() / self.positions if self.classes and self.positions else float("nan")
+        return self.loss_sum.item() / self.count, acc
+
+
+def _acc(a):
+    return "" if math.isnan(a) else f" acc {a:.4f}"
 
 
 def _inputs_targets(batch, op):
@@ -88,7 +107,9 @@ def _inputs_targets(batch, op):
 
 
 class Trainer:
-    """Fit a classifier with any optimizer, loss and scheduler.
+    """Fit a model with any optimizer, loss and scheduler.  The accuracy is
+    reported for class-index targets (integers, one per logits row or
+    position); for other targets (regression) it is NaN and not printed.
 
     ``loss_fn(logits, target)`` defaults to cross-entropy. ``scheduler_step``
     is "epoch" (StepLR, cosine over epochs) or "batch" (OneCycleLR, warm-up).
@@ -160,7 +181,7 @@ class Trainer:
             if bar is not loader and (step % 50 == 0 or step == len(loader) - 1):
                 l, a = meter.result()
                 rate = meter.count / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix_str(f"loss {l:.4f} acc {a:.4f} {rate:,.0f} img/s")
+                bar.set_postfix_str(f"loss {l:.4f}{_acc(a)} {rate:,.0f} img/s")
         if bar is not loader:
             bar.close()
         if not meter.count:
@@ -238,9 +259,9 @@ class Trainer:
 
     @staticmethod
     def _summary(r):
-        s = (f"epoch {r['epoch']}: train loss {r['train_loss']:.4f} acc {r['train_acc']:.4f}")
+        s = f"epoch {r['epoch']}: train loss {r['train_loss']:.4f}{_acc(r['train_acc'])}"
         if "val_loss" in r:
-            s += f" | val loss {r['val_loss']:.4f} acc {r['val_acc']:.4f}"
+            s += f" | val loss {r['val_loss']:.4f}{_acc(r['val_acc'])}"
         return s + f" | lr {r['lr']:.3g} | {r['train_time']:.1f} s, {r['images_per_s']:,.0f} img/s"
 
     # ---- checkpoints -------------------------------------------------------------------
@@ -286,7 +307,10 @@ class Trainer:
         w.writeheader()
         w.writerows(self.history)
         _atomic_write_text(self._path("history.csv"), buf.getvalue())
-        _atomic_write_text(self._path("history.json"), json.dumps(self.history, indent=1))
+        # strict JSON: a NaN (no accuracy for regression targets, a diverged loss) is null
+        strict = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+                  for r in self.history]
+        _atomic_write_text(self._path("history.json"), json.dumps(strict, indent=1, allow_nan=False))
         plot_history(self.history, self._path("curves.png"))
 
 

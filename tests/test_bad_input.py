@@ -1,4 +1,6 @@
 """Bad input gets an error that names what was expected and what came (found by fuzzing the API)."""
+import re
+
 import numpy as np
 import pytest
 
@@ -68,8 +70,13 @@ def test_schedulers_refuse_arguments_that_would_give_negative_or_broken_rates():
     opt = optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1, momentum=0.9)
     with pytest.raises(ValueError, match=r"Invalid gamma: expected a value in \[0.0, inf\], got -0.5"):
         S.StepLR(opt, 1, gamma=-0.5)
-    with pytest.raises(ValueError, match="milestones: expected a list of epoch numbers, got 5"):
+    with pytest.raises(ValueError, match="MultiStepLR: expected milestones to be a list of epoch numbers, got 5"):
         S.MultiStepLR(opt, 5)
+    two = [S.StepLR(opt, 1), S.StepLR(opt, 1)]
+    for bad in (None, [2.5], ["3"], [True]):
+        with pytest.raises(ValueError, match=r"SequentialLR: expected milestones to be a list of epoch numbers, got "
+                                             + re.escape(repr(bad))):
+            S.SequentialLR(opt, two, milestones=bad)
     with pytest.raises(ValueError, match=r"Invalid max_lr: expected a value in \[0.0, inf\], got -1.0"):
         S.OneCycleLR(opt, max_lr=-1.0, total_steps=10)
     with pytest.raises(ValueError, match="div_factor: expected a number > 0, got 0"):

@@ -214,3 +214,40 @@ def test_trainer_clips_gradients_before_each_step(tiny_mnist):
     assert 0 < moved <= len(train) * 1e-3 * (1 + 1e-4)
     with pytest.raises(ValueError, match="clip_grad_norm > 0"):
         Trainer(model, opt, clip_grad_norm=0)
+
+
+def test_regression_targets_train_without_an_accuracy(tmp_path):
+    """MSE on float targets: the Trainer trains and reports the loss; the
+    accuracy (meaningless there) is NaN, left out of the log and null in
+    history.json, which stays strict JSON."""
+    r = np.random.default_rng(0)
+    x = r.standard_normal((32, 4)).astype(np.float32)
+    y = (x @ r.standard_normal((4, 3))).astype(np.float32)
+    loader = data.DataLoader(data.TensorDataset(x, y), 8)
+    gpudl.manual_seed(0)
+    model = nn.Linear(4, 3)
+    lines = []
+    tr = Trainer(model, optim.SGD(model.parameters(), lr=0.1), loss_fn=nn.functional.mse_loss,
+                 out_dir=str(tmp_path), progress=False, log=lines.append)
+    hist = tr.fit(loader, 3, val_loader=loader)
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert np.isnan(hist[-1]["train_acc"]) and np.isnan(hist[-1]["val_acc"])
+    assert np.isnan(tr.evaluate(loader)["accuracy"])
+    assert lines and not any("acc" in s for s in lines) and all("val loss" in s for s in lines[:3])
+    saved = json.loads((tmp_path / "history.json").read_text(),
+                       parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    assert saved[-1]["train_acc"] is None and saved[-1]["train_loss"] == pytest.approx(hist[-1]["train_loss"])
+
+
+def test_accuracy_of_per_position_targets_counts_positions():
+    """Logits (N, C, L) against class indices (N, L): the share of the N * L
+    positions that are right (it was divided by N)."""
+    logits = np.zeros((2, 3, 4), np.float32)
+    target = np.array([[0, 1, 2, 0], [1, 1, 1, 1]])
+    logits[0, target[0], np.arange(4)] = 1      # image 0: all four right
+    logits[1, 2, :] = 1                          # image 1: all wrong
+    model = nn.Identity()
+    loader = [(gpudl.tensor(logits), gpudl.tensor(target))]
+    tr = Trainer(model, optim.SGD([gpudl.zeros(1, requires_grad=True)], lr=0.1),
+                 progress=False, log=None)
+    assert tr.evaluate(loader)["accuracy"] == pytest.approx(0.5)

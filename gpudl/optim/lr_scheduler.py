@@ -152,14 +152,19 @@ class StepLR(LRScheduler):
         return [base * self.gamma ** (self.last_epoch // self.step_size) for base in self.base_lrs]
 
 
+def _epochs(who, milestones):
+    """``milestones`` as a list of ints, or a ValueError that says what came."""
+    if not isinstance(milestones, (list, tuple, range)) or not all(
+            isinstance(m, numbers.Integral) and not isinstance(m, bool) for m in milestones):
+        raise ValueError(f"{who}: expected milestones to be a list of epoch numbers, got {milestones!r}")
+    return [int(m) for m in milestones]
+
+
 class MultiStepLR(LRScheduler):
     """Multiply the lr by ``gamma`` at each milestone epoch (a repeated milestone counts twice)."""
 
     def __init__(self, optimizer, milestones, gamma=0.1, last_epoch=-1):
-        if not isinstance(milestones, (list, tuple, range)) or not all(
-                isinstance(m, numbers.Integral) and not isinstance(m, bool) for m in milestones):
-            raise ValueError(f"milestones: expected a list of epoch numbers, got {milestones!r}")
-        self.milestones = sorted(int(m) for m in milestones)
+        self.milestones = sorted(_epochs("MultiStepLR", milestones))
         check_number("gamma", gamma)
         self.gamma = gamma
         super().__init__(optimizer, last_epoch)
@@ -330,7 +335,7 @@ class SequentialLR(LRScheduler):
     _not_state = LRScheduler._not_state + ("_schedulers",)
 
     def __init__(self, optimizer, schedulers, milestones, last_epoch=-1):
-        schedulers, milestones = list(schedulers), [int(m) for m in milestones]
+        schedulers, milestones = list(schedulers), _epochs("SequentialLR", milestones)
         if not schedulers:
             raise ValueError("SequentialLR: expected at least one scheduler")
         for i, s in enumerate(schedulers):
