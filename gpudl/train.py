@@ -211,6 +211,7 @@ class Trainer:
         """Train for ``epochs`` epochs in total (a resumed run counts the ones already done)."""
         if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
             raise ValueError(f"Trainer.fit: expected epochs to be a positive int, got {epochs!r}")
+        planned = getattr(self.scheduler, "T_max", None)   # a cosine schedule's length
         if resume:
             path = resume if isinstance(resume, (str, os.PathLike)) else self.checkpoint_path
             if path and os.path.exists(path):
@@ -218,6 +219,15 @@ class Trainer:
                 self.log(f"resumed from {path} after epoch {self.epoch}")
             else:
                 self.log(f"no checkpoint at {path}; starting from scratch")
+        T = getattr(self.scheduler, "T_max", None)
+        need = epochs * len(train_loader) if self.scheduler_step == "batch" else epochs
+        if planned is not None and T != planned and need > T:
+            # the checkpoint's schedule replaced the one built for this run
+            unit = "batches" if self.scheduler_step == "batch" else "epochs"
+            raise ValueError(
+                f"Trainer.fit: the checkpoint's cosine schedule ends after {T} {unit} but {epochs} "
+                f"epochs need {need}; past its end the learning rate would rise again. Resume with "
+                f"the original number of epochs, or start a new run for a longer schedule")
         total = getattr(self.scheduler, "total_steps", None)
         if total is not None and self.scheduler_step == "batch" and epochs * len(train_loader) > total:
             raise ValueError(

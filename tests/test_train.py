@@ -251,3 +251,30 @@ def test_accuracy_of_per_position_targets_counts_positions():
     tr = Trainer(model, optim.SGD([gpudl.zeros(1, requires_grad=True)], lr=0.1),
                  progress=False, log=None)
     assert tr.evaluate(loader)["accuracy"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("when", ["batch", "epoch"])
+def test_resume_refuses_to_run_a_cosine_schedule_past_its_end(tmp_path, when):
+    """A run resumed with more epochs than its checkpoint's cosine schedule
+    covers would see the learning rate climb back up: it is refused, naming
+    both lengths; resuming with the original number of epochs still works."""
+    r = np.random.default_rng(0)
+    x, y = r.standard_normal((32, 4)).astype(np.float32), r.integers(0, 3, 32)
+    loader = data.DataLoader(data.TensorDataset(x, y), 8)
+    per = len(loader) if when == "batch" else 1
+
+    def trainer(epochs):
+        gpudl.manual_seed(0)
+        model = nn.Linear(4, 3)
+        opt = optim.SGD(model.parameters(), lr=0.1)
+        sched = optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * per)
+        return Trainer(model, opt, scheduler=sched, scheduler_step=when, out_dir=str(tmp_path),
+                       progress=False, log=None)
+
+    trainer(2).fit(loader, 1)
+    unit = "batches" if when == "batch" else "epochs"
+    with pytest.raises(ValueError, match=rf"cosine schedule ends after {2 * per} {unit} but 4 epochs "
+                                         rf"need {4 * per}; past its end the learning rate would rise"):
+        trainer(4).fit(loader, 4, resume=True)
+    hist = trainer(2).fit(loader, 2, resume=True)
+    assert [e["lr"] for e in hist] == pytest.approx([0.1, 0.05])
