@@ -148,12 +148,21 @@ def test_mnist_root_env_and_home(tmp_path, monkeypatch):
     write_split(tmp_path / "arg", "test", 3, seed=8)
     write_split(tmp_path / "home" / ".cache" / "gpudl" / "mnist", "test", 4, seed=9)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("GPUDL_DATA", str(tmp_path / "env"))
     assert len(D.mnist("test")) == 2                             # $GPUDL_DATA
     assert len(D.mnist("test", root=tmp_path / "arg")) == 3      # root wins over the environment
     monkeypatch.delenv("GPUDL_DATA")
     assert len(D.mnist("test")) == 4                             # ~/.cache/gpudl
     assert D.data_root() == tmp_path / "home" / ".cache" / "gpudl"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")      # ignored, as the XDG spec says
+    assert D.data_root() == tmp_path / "home" / ".cache" / "gpudl"
+    write_split(tmp_path / "xdg" / "gpudl" / "mnist", "test", 5, seed=10)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert D.data_root() == tmp_path / "xdg" / "gpudl"
+    assert len(D.mnist("test")) == 5                             # $XDG_CACHE_HOME/gpudl
+    monkeypatch.setenv("GPUDL_DATA", str(tmp_path / "env"))
+    assert len(D.mnist("test")) == 2                             # $GPUDL_DATA still wins
 
 
 def test_mnist_missing_without_download(tmp_path):
@@ -551,6 +560,7 @@ def test_loader_state_dict_resumes_the_same_order():
     state = a.state_dict()
     assert state["epoch"] == 1 and state["batches_done"] == 2
     rest = [b[0].numpy().tolist() for b in it] + ids(a)             # the rest of epoch 1, then epoch 2
+    assert sorted(sum(head + rest[:3], [])) == list(range(23))      # epoch 1: each sample once
     b = D.DataLoader(ds, batch_size=5, shuffle=True, seed=999)
     b.load_state_dict(state)
     again = b.state_dict()               # saved again before iterating: the same state

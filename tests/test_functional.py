@@ -3,7 +3,6 @@
 Forward passes against slow, obviously-correct loop references written here;
 backward passes against float64 central differences.
 """
-import itertools
 import math
 
 import numpy as np

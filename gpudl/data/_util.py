@@ -3,7 +3,8 @@
 Every dataset module (:mod:`.mnist`, ``cifar10``) uses the same steps:
 
 1. :func:`data_root` and :func:`search_dirs` say where to look
-   (``root``, else ``$GPUDL_DATA``, else ``~/.cache/gpudl``; in
+   (``root``, else ``$GPUDL_DATA``, else ``~/.cache/gpudl`` or
+   ``$XDG_CACHE_HOME/gpudl``; in
    ``<root>/<name>/`` and then ``<root>/``);
 2. :func:`find_file` finds a file there, raw or gzipped;
 3. when nothing is found, :func:`try_download` tries mirrors briefly and
@@ -29,7 +30,6 @@ import numpy
 from .. import io as _io
 
 ENV_VAR = "GPUDL_DATA"
-DEFAULT_ROOT = "~/.cache/gpudl"
 _CHUNK = 1 << 20
 
 
@@ -49,10 +49,19 @@ def report(message):
 # ---- where data lives ------------------------------------------------------------
 
 def data_root(root=None):
-    """The data root: ``root``, else ``$GPUDL_DATA``, else ``~/.cache/gpudl``."""
+    """The data root: ``root``, else ``$GPUDL_DATA``, else the user's cache
+    folder's ``gpudl/`` (``$XDG_CACHE_HOME/gpudl`` when that is an absolute
+    path, as the XDG spec has it, else ``~/.cache/gpudl``)."""
     if root is None:
-        root = os.environ.get(ENV_VAR) or DEFAULT_ROOT
+        root = os.environ.get(ENV_VAR) or cache_home() / "gpudl"
     return Path(os.path.expanduser(os.fspath(root)))
+
+
+def cache_home():
+    """The user's cache folder: ``$XDG_CACHE_HOME`` when that is an absolute
+    path (the XDG spec ignores relative ones), else ``~/.cache``."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return Path(xdg) if os.path.isabs(xdg) else Path(os.path.expanduser("~")) / ".cache"
 
 
 def search_dirs(root, name):

