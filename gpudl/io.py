@@ -114,6 +114,23 @@ def atomic_write(path, mode="wb", perms=None):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder):
+    """Make a rename in ``folder`` durable (POSIX: the folder's entry is data
+    of its own; without this a crash just after the rename can lose it).
+    Where folders cannot be opened (Windows) there is nothing to do."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass            # some file systems refuse fsync on a folder
+    finally:
+        os.close(fd)
 
 
 def save(obj, path):

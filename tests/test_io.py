@@ -84,3 +84,25 @@ def test_numpy_scalars_and_number_keys_round_trip(tmp_path):
     for k in ("f", "i", "b", "t"):
         assert type(r[k]) is type(d[k]) and r[k] == d[k]
     assert r[7] == 1.5 and type(r["plain"]) is float
+
+
+def test_atomic_write_syncs_the_file_and_then_its_folder(tmp_path, monkeypatch):
+    """The data is on disk before the rename, and the rename before save returns."""
+    import stat
+    from gpudl import io as gio
+    synced = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    def replace(a, b):
+        synced.append("rename")
+        real_replace(a, b)
+
+    monkeypatch.setattr(gio.os, "fsync", fsync)
+    monkeypatch.setattr(gio.os, "replace", replace)
+    gpudl.save({"v": gpudl.ones(2)}, tmp_path / "sub" / "d.npz")
+    assert synced == ["file", "rename", "folder"]
+    assert gpudl.load(tmp_path / "sub" / "d.npz")["v"].tolist() == [1, 1]

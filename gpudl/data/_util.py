@@ -82,6 +82,9 @@ def find_file(dirs, filename, suffixes=("", ".gz")):
 
 # ---- writing and checking ---------------------------------------------------------
 
+fsync_dir = _io.fsync_dir
+
+
 def atomic_write(path, mode="wb"):
     """:func:`gpudl.io.atomic_write` for data files, readable by everyone (0o644)."""
     return _io.atomic_write(path, mode, perms=0o644)

@@ -40,8 +40,8 @@ from pathlib import Path
 
 import numpy
 
-from ._util import (_NumpyUnpickler, DataFileError, DownloadError, atomic_write, data_root, report,
-                    search_dirs, try_download)
+from ._util import (_NumpyUnpickler, DataFileError, DownloadError, atomic_write, data_root, fsync_dir,
+                    report, search_dirs, try_download)
 from .augment import RandomCrop, RandomHorizontalFlip
 from .images import ImageDataset
 from .transforms import Compose, Normalize
@@ -247,6 +247,8 @@ def extract_tarball(tarball, dest):
                     (tmp / parts[0]).mkdir(exist_ok=True)
                     with tar.extractfile(m) as src, open(tmp / parts[0] / parts[1], "wb") as out:
                         shutil.copyfileobj(src, out, 1 << 20)
+                        out.flush()
+                        os.fsync(out.fileno())    # on disk before the folder is renamed into place
                     made.add(parts[0])
                 while tar.fileobj.read(1 << 20):    # to the end: the gzip trailer's CRC is checked
                     pass
@@ -261,6 +263,7 @@ def extract_tarball(tarball, dest):
             except OSError:
                 if not (dest / sub).is_dir():      # (a folder already there: another process won)
                     raise
+        fsync_dir(dest)
         return dest / sorted(made)[0]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
