@@ -791,3 +791,48 @@ def test_threaded_conv_leaves_blas_threads_as_they_were(monkeypatch):
     K.conv2d_backward(x, w, np.ones_like(y), (1, 1), (1, 1), (1, 1), 1)
     assert inside and all(n == [1] * len(before) for n in inside)
     assert _openblas_threads() == before
+
+
+def ref_conv2d_weight_grad(x, gy, w_shape, stride, padding, dilation, groups):
+    """The weights' gradient by its definition, with loops: only real outputs count."""
+    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
+    N, C, H, W = x.shape
+    O, Cg, kH, kW = w_shape
+    Og = O // groups
+    Ho, Wo = gy.shape[2:]
+    gw = np.zeros(w_shape)
+    for o in range(O):
+        gi = o // Og
+        for c in range(Cg):
+            for a in range(kH):
+                for b_ in range(kW):
+                    acc = 0.0
+                    for i in range(Ho):
+                        for j in range(Wo):
+                            h, v = i * sh - ph + a * dh, j * sw - pw + b_ * dw
+                            if 0 <= h < H and 0 <= v < W:
+                                acc = acc + x[:, gi * Cg + c, h, v] @ gy[:, o, i, j]
+                    gw[o, c, a, b_] = acc
+    return gw
+
+
+@pytest.mark.parametrize("case", CONV_CASES[:12], ids=str)
+def test_conv2d_weight_grad_of_infinite_inputs_is_the_definitions(case, threaded):
+    """An inf input makes inf (or, with +inf and -inf, NaN) weight gradients
+    where the definition (and PyTorch) does, not NaN from the grid's
+    positions between the outputs, and NumPy says nothing about it."""
+    import warnings
+    x, w, b, s, p, d, G = _conv_args(case, seed=31)
+    x[0, 0, x.shape[2] // 2, -1] = np.inf          # at the right edge: next to the grid's gaps
+    x[-1, -1, -1, 0] = -np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = K.conv2d_forward(x, w, b, s, p, d, G)
+        gy = np.abs(rng(32).standard_normal(y.shape)) + 0.5
+        gx, gw, gb = K.conv2d_backward(x, w, gy, s, p, d, G)
+    ref = ref_conv2d_weight_grad(x, gy, w.shape, s, p, d, G)
+    np.testing.assert_array_equal(np.isnan(gw), np.isnan(ref))
+    np.testing.assert_array_equal(np.isposinf(gw), np.isposinf(ref))
+    np.testing.assert_array_equal(np.isneginf(gw), np.isneginf(ref))
+    fin = np.isfinite(ref)
+    np.testing.assert_allclose(gw[fin], ref[fin], rtol=1e-10, atol=1e-10)

@@ -123,6 +123,23 @@ def test_conv2d_matches_cpu(emu, cpu, case, dtype):
     np.testing.assert_allclose(gb, gy.sum((0, 2, 3)), rtol=TOL[dtype]["rtol"] * 10)
 
 
+@pytest.mark.parametrize("case", CONV_CASES[:3] + CONV_CASES[5:6])
+def test_conv2d_infinite_inputs_match_cpu(emu, cpu, case):
+    """inf and -inf in the input: the same inf / NaN pattern on both devices
+    (the CPU's grid once made NaN where the kernel, summing over the outputs
+    alone, gives inf)."""
+    x, w, b, s, p, d, g = _conv_inputs(case, np.float32, seed=5)
+    x[0, 0, x.shape[2] // 2, -1] = np.inf
+    x[-1, -1, -1, 0] = -np.inf
+    gy = np.abs(np.random.default_rng(6).standard_normal(
+        emu.conv2d_forward(x, w, b, s, p, d, g).shape)).astype(np.float32) + 0.5
+    for a, r in zip(emu.conv2d_backward(x, w, gy, s, p, d, g), cpu.conv2d_backward(x, w, gy, s, p, d, g)):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(r))
+        np.testing.assert_array_equal(np.isinf(a), np.isinf(r))
+        fin = np.isfinite(r)
+        close(a[fin], r[fin], np.float32, np.sqrt(x.size))
+
+
 @pytest.mark.parametrize("need", [(True, False, False), (False, True, False),
                                   (False, False, True), (False, True, True)])
 def test_conv2d_backward_need(emu, cpu, need):

@@ -46,6 +46,7 @@ Softmax cross-entropy
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import os
 import threading
@@ -279,7 +280,9 @@ def _parallel(fn, items):
     if _threads() <= 1 or len(items) <= 1 or threading.current_thread().name.startswith("gpudl-cpu"):
         return [fn(i) for i in items]
     _pool_used_at = time.monotonic()
-    return list(_get_pool().map(fn, items))
+    # each task in a copy of the caller's context: NumPy's errstate lives there
+    ctx = contextvars.copy_context()
+    return list(_get_pool().map(lambda i: ctx.copy().run(fn, i), items))
 
 
 def _run_tasks(fn, tasks):
@@ -458,10 +461,10 @@ class _Axis:
     the previous row's trailing zeros.  So each grid stores ``pitch`` cells
     a line where the plain padded grid would need ``Lo + q[-1]``."""
 
-    __slots__ = ("L", "Lo", "Lq", "q", "r", "phases", "ranges", "covered")
+    __slots__ = ("L", "p", "d", "Lo", "Lq", "q", "r", "phases", "ranges", "covered")
 
     def __init__(self, L, k, s, p, d):
-        self.L = L
+        self.L, self.p, self.d = L, p, d
         Lp = L + 2 * p
         self.Lo = Lo = (Lp - d * (k - 1) - 1) // s + 1
         q = [(t * d) // s for t in range(k)]           # grid shift of tap t
@@ -811,7 +814,10 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     dt = _float_dtype(x, w)
     g = _Geom(x.shape, w.shape, stride, padding, dilation, groups, dt)
     small = _conv_flops(g) < _SERIAL_FLOPS
-    with _serial(small), _hold_blas(not small):
+    # (quiet, as PyTorch and the GPU are: the grid's positions between the
+    # outputs meet input values too, so an inf input makes NaNs there that
+    # nobody reads; NumPy would warn about them)
+    with _serial(small), _hold_blas(not small), np.errstate(invalid="ignore", over="ignore"):
         return _conv2d_forward(x, w, b, g, dt)
 
 
@@ -849,8 +855,33 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, groups,
     dt = _float_dtype(x, w, gy)
     g = _Geom(x.shape, w.shape, stride, padding, dilation, groups, dt)
     small = _conv_flops(g) < _SERIAL_FLOPS
-    with _serial(small), _hold_blas(not small):
-        return _conv2d_backward(x, w, gy, g, dt, need_x, need_w, need_b)
+    with _serial(small), _hold_blas(not small), np.errstate(invalid="ignore", over="ignore"):
+        gx, gw, gb = _conv2d_backward(x, w, gy, g, dt, need_x, need_w, need_b)
+        if gw is not None and np.isnan(np.add.reduce(gw, axis=None)):
+            # The fast path sums over the whole grid, where the positions
+            # that are no output carry a zero gradient: 0 * inf = NaN from
+            # an inf input.  Sum over the outputs alone, as the definition
+            # (and PyTorch) does; a NaN that remains is the data's own.
+            gw = _conv_weight_grad_direct(x, gy, g, dt)
+    return gx, gw, gb
+
+
+def _conv_weight_grad_direct(x, gy, g, dt):
+    """The weights' gradient by its definition: per tap, the input window
+    under each output times that output's gradient (slow; for the rare
+    non-finite inputs)."""
+    (sh, sw), (ph, pw) = g.s, (g.h.p, g.w.p)
+    (dh, dw), (Ho, Wo) = (g.h.d, g.w.d), (g.h.Lo, g.w.Lo)
+    xp = np.zeros((g.N, g.C, g.H + 2 * ph, g.W + 2 * pw), dt)
+    xp[:, :, ph:ph + g.H, pw:pw + g.W] = x
+    gyg = np.asarray(gy, dt).reshape(g.N, g.G, g.Og, Ho * Wo)
+    gw = np.empty((g.G, g.Og, g.Cg, g.kH, g.kW), dt)
+    for kh in range(g.kH):
+        for kw in range(g.kW):
+            win = xp[:, :, kh * dh:kh * dh + sh * (Ho - 1) + 1:sh, kw * dw:kw * dw + sw * (Wo - 1) + 1:sw]
+            win = win.reshape(g.N, g.G, g.Cg, Ho * Wo)
+            gw[..., kh, kw] = np.einsum("ngcp,ngop->goc", win, gyg)
+    return gw.reshape(g.O, g.Cg, g.kH, g.kW)
 
 
 def _conv2d_backward(x, w, gy, g, dt, need_x, need_w, need_b):
