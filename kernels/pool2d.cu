@@ -6,7 +6,8 @@
 //   every window holds at least one real input pixel.
 // max pool: padding acts as -inf; argmax is the int32 flat index h*W + w into
 //   the unpadded input plane of the first maximum in row-major window order
-//   (a NaN counts as the maximum, the first NaN wins, like numpy.argmax).
+//   (a NaN counts as the maximum and the last NaN wins, as in PyTorch, whose
+//   loop takes every NaN it meets).
 // avg pool: divisor kH*kW when count_include_pad (windows never reach past
 //   the padding when ceil_mode=False), else the number of real pixels.
 // Backward passes are gathers: one thread per input pixel scans the output
@@ -46,8 +47,8 @@ __device__ void max_pool_fwd_impl(const T* __restrict__ x, T* __restrict__ y,
                 const int w = w0 + kw;
                 if (w < 0 || w >= W) continue;
                 const T v = plane[(gd_index)h * W + w];
-                // first max wins; NaN beats everything, the first NaN stays
-                if (best_idx < 0 || v > best || (v != v && best == best)) {
+                // first max wins; NaN beats everything, a later NaN too
+                if (best_idx < 0 || v > best || v != v) {
                     best = v;
                     best_idx = h * W + w;
                 }

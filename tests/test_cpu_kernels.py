@@ -673,12 +673,12 @@ def test_conv2d_cols_affine_matches_tap_loop(case, poisoned):
         np.testing.assert_allclose(a_, b_, rtol=1e-12, atol=1e-12)
 
 
-def test_max_pool_argmax_is_the_first_nan_of_a_window():
-    """The contract of kernels/pool2d.cu: NaN is the maximum, the first NaN wins
-    (like numpy.argmax); padding is never an answer."""
-    x = np.array([[[[1.0, np.nan, 3.0, np.nan]]]])
-    y, arg = K.max_pool2d_forward(x, (1, 4), (1, 4), (0, 0))
-    assert np.isnan(y).all() and arg.ravel().tolist() == [1]
+def test_max_pool_argmax_is_the_last_nan_of_a_window():
+    """The contract of kernels/pool2d.cu: NaN is the maximum, the last NaN wins
+    (as in PyTorch: its loop takes every NaN it meets); padding is never an answer."""
+    x = np.array([[[[1.0, np.nan, 3.0, np.nan, 2.0]]]])
+    y, arg = K.max_pool2d_forward(x, (1, 5), (1, 5), (0, 0))
+    assert np.isnan(y).all() and arg.ravel().tolist() == [3]
     x = np.array([[[[np.nan]]]])
     y, arg = K.max_pool2d_forward(x, (1, 3), (1, 1), (0, 1))
     assert arg.ravel().tolist() == [0]
@@ -691,7 +691,8 @@ def test_max_pool_argmax_is_the_first_nan_of_a_window():
     xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
     for n, c, i, j in np.ndindex(arg.shape):               # a loop reference
         win = xp[n, c, 2 * i:2 * i + 3, 2 * j:2 * j + 3].ravel()
-        k = int(np.argmax(win))                            # numpy: the first NaN, else the first max
+        nans = np.flatnonzero(np.isnan(win))
+        k = int(nans[-1]) if nans.size else int(np.argmax(win))   # the last NaN, else the first max
         kh, kw = divmod(k, 3)
         assert arg[n, c, i, j] == (2 * i + kh - 1) * 7 + (2 * j + kw - 1)
 

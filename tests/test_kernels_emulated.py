@@ -233,6 +233,20 @@ def test_max_pool2d_matches_cpu(emu, cpu, case, dtype, ties):
     np.testing.assert_allclose(gx.sum(), gy.sum(), rtol=1e-3)   # every gy lands once
 
 
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_max_pool2d_nans_match_cpu(emu, cpu, case):
+    """NaN inputs (a quarter of them, so windows hold several): NaN outputs at
+    the window's last NaN on both devices, as PyTorch picks it."""
+    k, s, p = case[4:]
+    x = _pool_x(case, np.float32, False, seed=3)
+    x[np.random.default_rng(4).random(x.shape) < 0.25] = np.nan
+    y, am = emu.max_pool2d_forward(x, k, s, p)
+    ry, ram = cpu.max_pool2d_forward(x, k, s, p)
+    np.testing.assert_array_equal(y, ry)              # NaNs in the same places
+    np.testing.assert_array_equal(am, ram)
+    assert np.isnan(y).any()
+
+
 def test_max_pool2d_argmax_first_in_row_major_order(emu):
     x = np.zeros((1, 1, 4, 4), np.float32)
     x[0, 0, 1, 2] = x[0, 0, 2, 1] = 5.0           # a tie inside the one window

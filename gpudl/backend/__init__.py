@@ -15,7 +15,8 @@ Kernel-level functions (identical signatures on every backend)::
         entries are None where ``need`` is False.
     max_pool2d_forward(x, kernel, stride, padding) -> (y, argmax)
         argmax: int32, shape of y, flat index h * W + w into the
-        (unpadded) input plane of the first maximum in row-major order.
+        (unpadded) input plane of the first maximum in row-major order
+        (a NaN is the maximum; of several, the last, as in PyTorch).
     max_pool2d_backward(gy, argmax, x_shape, kernel, stride, padding) -> gx
     avg_pool2d_forward(x, kernel, stride, padding, count_include_pad) -> y
     avg_pool2d_backward(gy, x_shape, kernel, stride, padding,

@@ -1058,10 +1058,11 @@ def max_pool2d_forward(x, kernel, stride, padding):
     _parallel(run, _pool_split(N, x.size))
     # one reduction first (no temporary); a NaN there (inf - inf too) takes the exact path
     if np.isnan(np.add.reduce(y, axis=None)) and (bad := np.isnan(y)).any():
-        # NaN is the maximum (np.maximum propagated it into y), so the argmax is
-        # the window's first NaN, as in PyTorch; `>` above never picked one
+        # NaN is the maximum (np.maximum propagated it into y), and the argmax
+        # the window's last NaN, as in PyTorch (whose loop takes any NaN it
+        # meets); `>` above never picked one.  Taps from the last: first hit wins.
         taps = _tap_views(x, kernel, stride, padding, Ho, Wo, -np.inf)
-        for k in range(KK):
+        for k in reversed(range(KK)):
             hit = bad & np.isnan(taps[k])
             arg[hit] = np.broadcast_to(origin + offs[k], arg.shape)[hit]
             bad &= ~hit
