@@ -837,3 +837,17 @@ def test_conv2d_weight_grad_of_infinite_inputs_is_the_definitions(case, threaded
     np.testing.assert_array_equal(np.isneginf(gw), np.isneginf(ref))
     fin = np.isfinite(ref)
     np.testing.assert_allclose(gw[fin], ref[fin], rtol=1e-10, atol=1e-10)
+
+
+def test_cut_products_do_not_keep_the_pool_marked_busy(monkeypatch):
+    """Only other pool work (convolutions, pooling) makes matmul cut products:
+    a model of products alone returns to BLAS's own threads after a conv."""
+    monkeypatch.setattr(K, "_NCPU", max(2, K._NCPU))
+    monkeypatch.setattr(K, "_SPLIT_MNK", 1)
+    busy = K.time.monotonic()
+    monkeypatch.setattr(K, "_pool_used_at", busy)
+    a = rng(25).standard_normal((6, 5))
+    np.testing.assert_allclose(K.matmul(a, a.T), a @ a.T, rtol=1e-12)
+    assert K._pool_used_at == busy                 # the cut product left the mark alone
+    K._parallel(lambda i: i, range(2))
+    assert K._pool_used_at > busy                  # other pool work sets it

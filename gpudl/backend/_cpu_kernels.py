@@ -273,13 +273,15 @@ def _get_pool():
     return _pool
 
 
-def _parallel(fn, items):
-    """``[fn(i) for i in items]``, spread over the pool when it helps."""
+def _parallel(fn, items, mark=True):
+    """``[fn(i) for i in items]``, spread over the pool when it helps;
+    ``mark``: count this as the pool being busy (see matmul)."""
     global _pool_used_at
     items = list(items)
     if _threads() <= 1 or len(items) <= 1 or threading.current_thread().name.startswith("gpudl-cpu"):
         return [fn(i) for i in items]
-    _pool_used_at = time.monotonic()
+    if mark:
+        _pool_used_at = time.monotonic()
     # each task in a copy of the caller's context: NumPy's errstate lives there
     ctx = contextvars.copy_context()
     return list(_get_pool().map(lambda i: ctx.copy().run(fn, i), items))
@@ -778,9 +780,11 @@ _SPLIT_MNK = 1 << 23    # m * n * k below this: the pool's hand-off costs more
 
 
 def matmul(a, b, out=None):
-    """``numpy.matmul(a, b, out=out)``.  While the pool is busy a big
-    product is cut into row (or column) blocks, one per pool thread, with
-    BLAS held at one thread (see _BlasThreads); otherwise BLAS threads it."""
+    """``numpy.matmul(a, b, out=out)``.  While the pool is busy (with
+    convolutions, pooling...: not with products cut here, so a model of
+    products alone goes back to BLAS's threads) a big product is cut into
+    row (or column) blocks, one per pool thread, with BLAS held at one
+    thread (see _BlasThreads); otherwise BLAS threads it."""
     if (a.ndim < 2 or b.ndim < 2 or _threads() <= 1
             or time.monotonic() - _pool_used_at > _POOL_RECENT):
         return np.matmul(a, b, out=out)
@@ -795,10 +799,10 @@ def matmul(a, b, out=None):
             out = np.empty(batch + (m, n), np.result_type(a, b))
         if m >= n:
             cuts = [slice(m * i // _NCPU, m * (i + 1) // _NCPU) for i in range(_NCPU)]
-            _parallel(lambda r: np.matmul(a[..., r, :], b, out=out[..., r, :]), cuts)
+            _parallel(lambda r: np.matmul(a[..., r, :], b, out=out[..., r, :]), cuts, mark=False)
         else:
             cuts = [slice(n * i // _NCPU, n * (i + 1) // _NCPU) for i in range(_NCPU)]
-            _parallel(lambda c: np.matmul(a, b[..., c], out=out[..., c]), cuts)
+            _parallel(lambda c: np.matmul(a, b[..., c], out=out[..., c]), cuts, mark=False)
         return out
 
 
