@@ -317,8 +317,8 @@ class Trainer:
         w.writeheader()
         w.writerows(self.history)
         _atomic_write_text(self._path("history.csv"), buf.getvalue())
-        # strict JSON: a NaN (no accuracy for regression targets, a diverged loss) is null
-        strict = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+        # strict JSON: NaN (no accuracy for regression targets) and inf (a diverged loss) are null
+        strict = [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()}
                   for r in self.history]
         _atomic_write_text(self._path("history.json"), json.dumps(strict, indent=1, allow_nan=False))
         plot_history(self.history, self._path("curves.png"))

@@ -73,7 +73,9 @@ def test_schedulers_refuse_arguments_that_would_give_negative_or_broken_rates():
     with pytest.raises(ValueError, match="MultiStepLR: expected milestones to be a list of epoch numbers, got 5"):
         S.MultiStepLR(opt, 5)
     two = [S.StepLR(opt, 1), S.StepLR(opt, 1)]
-    for bad in (None, [2.5], ["3"], [True]):
+    S.SequentialLR(opt, two, milestones=np.array([2]))          # any iterable of ints, as in PyTorch
+    S.MultiStepLR(opt, milestones=(m for m in np.array([2, 4])))
+    for bad in (None, [2.5], ["3"], [True], "3", 3):
         with pytest.raises(ValueError, match=r"SequentialLR: expected milestones to be a list of epoch numbers, got "
                                              + re.escape(repr(bad))):
             S.SequentialLR(opt, two, milestones=bad)

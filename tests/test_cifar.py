@@ -166,6 +166,38 @@ def test_tarball_beside_is_unpacked_safely(tmp_path):
     assert not (tmp_path / "data" / "cifar-10-batches-py" / "link").exists()
 
 
+def test_unpacking_syncs_files_then_their_folder_then_the_parent(tmp_path, monkeypatch):
+    """Durable before it is visible: every file, the folder they are in,
+    then (after the rename) the folder it was renamed into."""
+    import stat
+    src = tmp_path / "src"
+    d, _ = _write_py(src)
+    tarball = tmp_path / "data" / "cifar-10-python.tar.gz"
+    tarball.parent.mkdir()
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(d, arcname="cifar-10-batches-py")
+    events, real_fsync, real_rename = [], os.fsync, os.rename
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        events.append(("folder" if stat.S_ISDIR(st.st_mode) else "file", st.st_ino))
+        real_fsync(fd)
+
+    def rename(a, b):
+        events.append(("rename", os.stat(a).st_ino))
+        real_rename(a, b)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    C.extract_tarball(tarball, tmp_path / "data")
+    kinds = [k for k, _ in events]
+    n = len(list((tmp_path / "data" / "cifar-10-batches-py").iterdir()))
+    assert kinds == ["file"] * n + ["folder", "rename", "folder"]
+    folder_ino = events[n][1]
+    assert events[n + 1][1] == folder_ino                      # the folder synced is the one renamed
+    assert events[n + 2][1] == (tmp_path / "data").stat().st_ino
+
+
 # ---- errors ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("version", ["python", "binary"])

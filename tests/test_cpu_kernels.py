@@ -817,6 +817,41 @@ def ref_conv2d_weight_grad(x, gy, w_shape, stride, padding, dilation, groups):
     return gw
 
 
+def ref_conv2d_input_grad(w, gy, x_shape, stride, padding, dilation, groups):
+    """The input's gradient by its definition, with loops over the outputs."""
+    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
+    N, C, H, W = x_shape
+    O, Cg, kH, kW = w.shape
+    Og = O // groups
+    gx = np.zeros(x_shape)
+    for o, c, a, b_, i, j in itertools.product(range(O), range(Cg), range(kH), range(kW),
+                                               range(gy.shape[2]), range(gy.shape[3])):
+        h, v = i * sh - ph + a * dh, j * sw - pw + b_ * dw
+        if 0 <= h < H and 0 <= v < W:
+            gx[:, (o // Og) * Cg + c, h, v] += w[o, c, a, b_] * gy[:, o, i, j]
+    return gx
+
+
+@pytest.mark.parametrize("case", CONV_CASES[:12], ids=str)
+def test_conv2d_input_grad_of_infinite_weights_is_the_definitions(case, threaded):
+    """inf weights: the input's gradient is inf where the definition's is,
+    not NaN from the zero gradient at the grid's positions between outputs."""
+    import warnings
+    x, w, b, s, p, d, G = _conv_args(case, seed=33)
+    w[0, 0, 0, 0] = np.inf
+    w[-1, -1, -1, -1] = -np.inf
+    gy = np.abs(rng(34).standard_normal(K.conv2d_forward(x, np.zeros_like(w), b, s, p, d, G).shape)) + 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gx, gw, gb = K.conv2d_backward(x, w, gy, s, p, d, G)
+    ref = ref_conv2d_input_grad(w, gy, x.shape, s, p, d, G)
+    np.testing.assert_array_equal(np.isnan(gx), np.isnan(ref))
+    np.testing.assert_array_equal(np.isposinf(gx), np.isposinf(ref))
+    np.testing.assert_array_equal(np.isneginf(gx), np.isneginf(ref))
+    fin = np.isfinite(ref)
+    np.testing.assert_allclose(gx[fin], ref[fin], rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("case", CONV_CASES[:12], ids=str)
 def test_conv2d_weight_grad_of_infinite_inputs_is_the_definitions(case, threaded):
     """An inf input makes inf (or, with +inf and -inf, NaN) weight gradients
@@ -851,3 +886,40 @@ def test_cut_products_do_not_keep_the_pool_marked_busy(monkeypatch):
     assert K._pool_used_at == busy                 # the cut product left the mark alone
     K._parallel(lambda i: i, range(2))
     assert K._pool_used_at > busy                  # other pool work sets it
+
+
+def test_matmul_into_an_operand_is_not_cut(monkeypatch):
+    """``out`` over an input: NumPy's answer (the cuts would read rows that
+    another thread already overwrote)."""
+    monkeypatch.setattr(K, "_NCPU", max(2, K._NCPU))
+    monkeypatch.setattr(K, "_SPLIT_MNK", 1)
+    monkeypatch.setattr(K, "_pool_used_at", K.time.monotonic() + 1e6)
+    r = rng(26)
+    a, b = r.standard_normal((64, 64)), r.standard_normal((64, 64))
+    want = a @ b
+    assert K.matmul(a, b, out=b) is b
+    np.testing.assert_allclose(b, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork here")
+def test_a_child_forked_during_a_hold_gets_blas_threads_back():
+    import os
+    before = _openblas_threads()
+    if max(before) < 2:
+        pytest.skip("OpenBLAS runs one thread here already")
+    held = K._BlasThreads()
+    held.__enter__()
+    try:
+        pid = os.fork()
+        if pid == 0:                                   # the child: restored, unheld, usable
+            ok = _openblas_threads() == before and held._depth == 0
+            with held:
+                ok = ok and _openblas_threads() == [1] * len(before)
+            ok = ok and _openblas_threads() == before
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        assert _openblas_threads() == [1] * len(before)   # the parent still holds
+    finally:
+        held.__exit__(None, None, None)
+    assert _openblas_threads() == before

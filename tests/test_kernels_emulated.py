@@ -123,17 +123,30 @@ def test_conv2d_matches_cpu(emu, cpu, case, dtype):
     np.testing.assert_allclose(gb, gy.sum((0, 2, 3)), rtol=TOL[dtype]["rtol"] * 10)
 
 
-@pytest.mark.parametrize("case", CONV_CASES[:3] + CONV_CASES[5:6])
-def test_conv2d_infinite_inputs_match_cpu(emu, cpu, case):
-    """inf and -inf in the input: the same inf / NaN pattern on both devices
-    (the CPU's grid once made NaN where the kernel, summing over the outputs
-    alone, gives inf)."""
+@pytest.mark.parametrize("where", ["input", "weights", "output-gradient"])
+@pytest.mark.parametrize("case", CONV_CASES[:3] + CONV_CASES[5:7])
+def test_conv2d_infinities_match_cpu(emu, cpu, case, where):
+    """inf and -inf in the input, the weights or the output's gradient: the
+    same inf / NaN pattern on both devices (the CPU's grid once made NaN
+    where the kernels, summing over the outputs alone, give inf)."""
     x, w, b, s, p, d, g = _conv_inputs(case, np.float32, seed=5)
-    x[0, 0, x.shape[2] // 2, -1] = np.inf
-    x[-1, -1, -1, 0] = -np.inf
-    gy = np.abs(np.random.default_rng(6).standard_normal(
-        emu.conv2d_forward(x, w, b, s, p, d, g).shape)).astype(np.float32) + 0.5
-    for a, r in zip(emu.conv2d_backward(x, w, gy, s, p, d, g), cpu.conv2d_backward(x, w, gy, s, p, d, g)):
+    if where == "input":
+        x[0, 0, x.shape[2] // 2, -1] = np.inf
+        x[-1, -1, -1, 0] = -np.inf
+    elif where == "weights":
+        w[0, 0, 0, 0] = np.inf
+        w[-1, -1, -1, -1] = -np.inf
+    with np.errstate(all="ignore"):        # NumPy (the emulated xp) says so; CuPy would not
+        y = emu.conv2d_forward(x, w, b, s, p, d, g)
+        ry = cpu.conv2d_forward(x, w, b, s, p, d, g)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ry))
+    gy = np.abs(np.random.default_rng(6).standard_normal(y.shape)).astype(np.float32) + 0.5
+    if where == "output-gradient":
+        gy[0, 0, 0, 0] = np.inf
+        gy[-1, -1, -1, -1] = -np.inf
+    with np.errstate(all="ignore"):
+        got = emu.conv2d_backward(x, w, gy, s, p, d, g)
+    for a, r in zip(got, cpu.conv2d_backward(x, w, gy, s, p, d, g)):
         np.testing.assert_array_equal(np.isnan(a), np.isnan(r))
         np.testing.assert_array_equal(np.isinf(a), np.isinf(r))
         fin = np.isfinite(r)

@@ -239,6 +239,21 @@ def test_regression_targets_train_without_an_accuracy(tmp_path):
     assert saved[-1]["train_acc"] is None and saved[-1]["train_loss"] == pytest.approx(hist[-1]["train_loss"])
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_a_diverged_loss_still_writes_the_history(tmp_path):
+    """inf (and NaN) losses go into history.json as null, not a crash."""
+    x = np.zeros((4, 2), np.float32)
+    y = np.full((4, 2), 1e30, np.float32)
+    model = nn.Linear(2, 2)
+    tr = Trainer(model, optim.SGD(model.parameters(), lr=0.1), loss_fn=nn.functional.mse_loss,
+                 out_dir=str(tmp_path), progress=False, log=None)
+    hist = tr.fit(data.DataLoader(data.TensorDataset(x, y), 4), 1)
+    assert np.isinf(hist[0]["train_loss"])
+    saved = json.loads((tmp_path / "history.json").read_text(),
+                       parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    assert saved[0]["train_loss"] is None and saved[0]["epoch"] == 1
+
+
 def test_accuracy_of_per_position_targets_counts_positions():
     """Logits (N, C, L) against class indices (N, L): the share of the N * L
     positions that are right (it was divided by N)."""

@@ -46,7 +46,6 @@ Softmax cross-entropy
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import math
 import os
 import threading
@@ -167,13 +166,25 @@ class _BlasThreads:
     Counted across threads: the first to enter saves and lowers each
     library's thread count, the last to leave restores it.  Libraries are
     found once with threadpoolctl (OpenBLAS with its own pthreads pool: the
-    one whose workers spin); without it this is a no-op."""
+    one whose workers spin); without it this is a no-op.  The count is the
+    library's one process-wide setting: another thread that changes it
+    meanwhile (threadpoolctl's limits) may find it restored under its feet,
+    and the other way round.  A child forked during a hold gets the saved
+    counts back and starts unheld."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._depth = 0
         self._libs = None          # [(get, set)] of ctypes functions
         self._saved = ()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self):
+        self._lock = threading.Lock()      # a thread that held it is gone
+        for set_, n in self._saved:
+            set_(n)
+        self._depth, self._saved = 0, ()
 
     @staticmethod
     def _find():
@@ -282,9 +293,13 @@ def _parallel(fn, items, mark=True):
         return [fn(i) for i in items]
     if mark:
         _pool_used_at = time.monotonic()
-    # each task in a copy of the caller's context: NumPy's errstate lives there
-    ctx = contextvars.copy_context()
-    return list(_get_pool().map(lambda i: ctx.copy().run(fn, i), items))
+    err = np.geterr()              # the caller's errstate, for each task
+
+    def run(i):
+        with np.errstate(**err):
+            return fn(i)
+
+    return list(_get_pool().map(run, items))
 
 
 def _run_tasks(fn, tasks):
@@ -791,7 +806,9 @@ def matmul(a, b, out=None):
     m, k = a.shape[-2:]
     n = b.shape[-1]
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    if m * n * k * math.prod(batch) < _SPLIT_MNK:
+    if m * n * k * math.prod(batch) < _SPLIT_MNK or (
+            out is not None and (np.may_share_memory(out, a) or np.may_share_memory(out, b))):
+        # (an ``out`` over an operand: NumPy copies as needed, the cuts would not)
         with _blas_held:
             return np.matmul(a, b, out=out)
     with _blas_held:
@@ -860,31 +877,58 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, groups,
     g = _Geom(x.shape, w.shape, stride, padding, dilation, groups, dt)
     small = _conv_flops(g) < _SERIAL_FLOPS
     with _serial(small), _hold_blas(not small), np.errstate(invalid="ignore", over="ignore"):
-        gx, gw, gb = _conv2d_backward(x, w, gy, g, dt, need_x, need_w, need_b)
+        w_bad = not np.isfinite(np.add.reduce(w, axis=None))
+        gx, gw, gb = _conv2d_backward(x, w, gy, g, dt, need_x and not w_bad, need_w, need_b)
+        # non-finite data: the definition where the fast paths made NaNs it
+        # would not (see _tap_windows); a NaN that remains is the data's own
+        if need_x and w_bad:
+            gx = _conv_input_grad_direct(w, gy, g, dt)
         if gw is not None and np.isnan(np.add.reduce(gw, axis=None)):
-            # The fast path sums over the whole grid, where the positions
-            # that are no output carry a zero gradient: 0 * inf = NaN from
-            # an inf input.  Sum over the outputs alone, as the definition
-            # (and PyTorch) does; a NaN that remains is the data's own.
             gw = _conv_weight_grad_direct(x, gy, g, dt)
     return gx, gw, gb
 
 
-def _conv_weight_grad_direct(x, gy, g, dt):
-    """The weights' gradient by its definition: per tap, the input window
-    under each output times that output's gradient (slow; for the rare
-    non-finite inputs)."""
-    (sh, sw), (ph, pw) = g.s, (g.h.p, g.w.p)
-    (dh, dw), (Ho, Wo) = (g.h.d, g.w.d), (g.h.Lo, g.w.Lo)
-    xp = np.zeros((g.N, g.C, g.H + 2 * ph, g.W + 2 * pw), dt)
-    xp[:, :, ph:ph + g.H, pw:pw + g.W] = x
-    gyg = np.asarray(gy, dt).reshape(g.N, g.G, g.Og, Ho * Wo)
-    gw = np.empty((g.G, g.Og, g.Cg, g.kH, g.kW), dt)
+# The gradients by their definition -- the zero-padded input, summed over the
+# outputs -- tap by tap: slow, for non-finite data only.  The fast paths also
+# multiply at the grid's positions between outputs, where the output gradient
+# is a packed zero, and 0 * inf = NaN where the definition (the CUDA kernels,
+# PyTorch) adds nothing.
+
+def _tap_windows(a, g):
+    """(kh, kw, view): tap (kh, kw)'s input sample under every output, over
+    the zero-padded array ``a`` (N, C, H + 2 ph, W + 2 pw)."""
+    (sh, sw), (dh, dw), (Ho, Wo) = g.s, (g.h.d, g.w.d), (g.h.Lo, g.w.Lo)
     for kh in range(g.kH):
         for kw in range(g.kW):
-            win = xp[:, :, kh * dh:kh * dh + sh * (Ho - 1) + 1:sh, kw * dw:kw * dw + sw * (Wo - 1) + 1:sw]
-            win = win.reshape(g.N, g.G, g.Cg, Ho * Wo)
-            gw[..., kh, kw] = np.einsum("ngcp,ngop->goc", win, gyg)
+            yield kh, kw, a[:, :, kh * dh:kh * dh + sh * (Ho - 1) + 1:sh,
+                            kw * dw:kw * dw + sw * (Wo - 1) + 1:sw]
+
+
+def _grouped(a, g, per):
+    """(N, G * per, h, w) -> (N, G, per, h, w)."""
+    return a.reshape(a.shape[0], g.G, per, *a.shape[2:])
+
+
+def _padded(g, dt):
+    return np.zeros((g.N, g.C, g.H + 2 * g.h.p, g.W + 2 * g.w.p), dt)
+
+
+def _conv_input_grad_direct(w, gy, g, dt):
+    gxp = _padded(g, dt)
+    wg = np.asarray(w, dt).reshape(g.G, g.Og, g.Cg, g.kH, g.kW)
+    gyg = _grouped(np.asarray(gy, dt), g, g.Og)
+    for kh, kw, win in _tap_windows(gxp, g):      # within a tap the windows are distinct
+        win += np.einsum("ngohw,goc->ngchw", gyg, wg[..., kh, kw]).reshape(win.shape)
+    return np.ascontiguousarray(gxp[:, :, g.h.p:g.h.p + g.H, g.w.p:g.w.p + g.W])
+
+
+def _conv_weight_grad_direct(x, gy, g, dt):
+    xp = _padded(g, dt)
+    xp[:, :, g.h.p:g.h.p + g.H, g.w.p:g.w.p + g.W] = x
+    gyg = _grouped(np.asarray(gy, dt), g, g.Og)
+    gw = np.empty((g.G, g.Og, g.Cg, g.kH, g.kW), dt)
+    for kh, kw, win in _tap_windows(xp, g):
+        gw[..., kh, kw] = np.einsum("ngchw,ngohw->goc", _grouped(win, g, g.Cg), gyg)
     return gw.reshape(g.O, g.Cg, g.kH, g.kW)
 
 

@@ -258,6 +258,7 @@ def extract_tarball(tarball, dest):
         if not made:
             raise DataFileError(f"{tarball}: holds no {PY_DIR}/ or {BIN_DIR}/ files; expected the CIFAR-10 tarball")
         for sub in sorted(made):
+            fsync_dir(tmp / sub)                   # its entries, before it is renamed into place
             try:
                 os.rename(tmp / sub, dest / sub)
             except OSError:

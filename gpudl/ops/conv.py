@@ -117,7 +117,8 @@ class MaxPool2d(Function):
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0):
-    """Max over windows; the gradient goes to the first maximum of each window."""
+    """Max over windows; the gradient goes to the first maximum of each window
+    (to its last NaN where it holds NaNs, as in PyTorch)."""
     kernel, stride, padding = _pool_args(input, kernel_size, stride, padding, "max_pool2d")
     return MaxPool2d.apply(input, kernel, stride, padding)
 

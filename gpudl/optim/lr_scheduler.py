@@ -16,6 +16,8 @@ import math
 import numbers
 from bisect import bisect_right
 
+import numpy
+
 from .optimizer import Optimizer, check_number
 
 __all__ = ["LRScheduler", "LambdaLR", "StepLR", "MultiStepLR", "LinearLR",
@@ -153,11 +155,16 @@ class StepLR(LRScheduler):
 
 
 def _epochs(who, milestones):
-    """``milestones`` as a list of ints, or a ValueError that says what came."""
-    if not isinstance(milestones, (list, tuple, range)) or not all(
-            isinstance(m, numbers.Integral) and not isinstance(m, bool) for m in milestones):
+    """``milestones`` (any iterable of integers, NumPy's too) as a list of
+    ints, or a ValueError that says what came."""
+    try:
+        ms = list(milestones) if not isinstance(milestones, (str, bytes)) else None
+    except TypeError:
+        ms = None
+    if ms is None or not all(isinstance(m, numbers.Integral) and not isinstance(m, (bool, numpy.bool_))
+                             for m in ms):
         raise ValueError(f"{who}: expected milestones to be a list of epoch numbers, got {milestones!r}")
-    return [int(m) for m in milestones]
+    return [int(m) for m in ms]
 
 
 class MultiStepLR(LRScheduler):
