@@ -147,13 +147,19 @@ def test_write_cifar10_round_trips(tmp_path):
         np.testing.assert_array_equal(ds.labels, y)
 
 
-def test_tarball_beside_is_unpacked_safely(tmp_path):
-    src = tmp_path / "src"
-    d, rows = _write_py(src)
+def _tarball(tmp_path):
+    """A CIFAR tarball of a tiny python-version folder in tmp_path/data: (open tar, rows)."""
+    d, rows = _write_py(tmp_path / "src")
     tarball = tmp_path / "data" / "cifar-10-python.tar.gz"
     tarball.parent.mkdir()
-    with tarfile.open(tarball, "w:gz") as tar:
-        tar.add(d, arcname="cifar-10-batches-py")
+    tar = tarfile.open(tarball, "w:gz")
+    tar.add(d, arcname="cifar-10-batches-py")
+    return tar, rows
+
+
+def test_tarball_beside_is_unpacked_safely(tmp_path):
+    tar, rows = _tarball(tmp_path)
+    with tar:
         evil = tarfile.TarInfo("../evil.txt")
         evil.size = 4
         tar.addfile(evil, io.BytesIO(b"evil"))
@@ -170,12 +176,9 @@ def test_unpacking_syncs_files_then_their_folder_then_the_parent(tmp_path, monke
     """Durable before it is visible: every file, the folder they are in,
     then (after the rename) the folder it was renamed into."""
     import stat
-    src = tmp_path / "src"
-    d, _ = _write_py(src)
+    tar, _ = _tarball(tmp_path)
+    tar.close()
     tarball = tmp_path / "data" / "cifar-10-python.tar.gz"
-    tarball.parent.mkdir()
-    with tarfile.open(tarball, "w:gz") as tar:
-        tar.add(d, arcname="cifar-10-batches-py")
     events, real_fsync, real_rename = [], os.fsync, os.rename
 
     def fsync(fd):
