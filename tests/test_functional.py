@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import gpudl
+import gpudl.nn as nn
 import gpudl.nn.functional as F
 from gpudl.testing import gradcheck
 from helpers import t, close
@@ -147,8 +148,33 @@ def test_adaptive_avg_pool2d(device):
     close(F.adaptive_avg_pool2d(t(x, device), (2, 3)), ref_pool(x, (2, 2), (2, 2), (0, 0), "avg"), rtol=1e-6)
     xt = t(x, device, requires_grad=True)
     assert gradcheck(lambda a: F.adaptive_avg_pool2d(a, 1), [xt])
-    with pytest.raises(ValueError, match="divide"):
-        F.adaptive_avg_pool2d(xt, 5)
+    # sizes that do not divide: PyTorch's overlapping windows [floor(iL/n), ceil((i+1)L/n))
+    for size, (oh, ow) in ((5, (5, 5)), ((3, 4), (3, 4)), ((None, 4), (4, 4)), ((3, None), (3, 6))):
+        ref = np.empty((2, 3, oh, ow))
+        for i in range(oh):
+            for j in range(ow):
+                a, b = i * 4 // oh, -(-(i + 1) * 4 // oh)
+                c, d = j * 6 // ow, -(-(j + 1) * 6 // ow)
+                ref[:, :, i, j] = x[:, :, a:b, c:d].mean((2, 3))
+        close(F.adaptive_avg_pool2d(t(x, device), size), ref, rtol=1e-12)
+        close(nn.AdaptiveAvgPool2d(size)(t(x, device)), ref, rtol=1e-12)
+    assert gradcheck(lambda a: F.adaptive_avg_pool2d(a, (3, 4)), [xt])
+
+
+def test_pooling_takes_pytorchs_positional_arguments(device):
+    """avg_pool2d(input, kernel, stride, padding, ceil_mode, count_include_pad):
+    the fifth is ceil_mode, as in PyTorch (it was count_include_pad: a silently
+    different answer); options not implemented are refused by name."""
+    x = t(np.arange(25.0).reshape(1, 1, 5, 5), device)
+    close(F.avg_pool2d(x, 3, 2, 1, False), F.avg_pool2d(x, 3, 2, 1, count_include_pad=True), rtol=1e-12)
+    close(F.avg_pool2d(x, 3, 2, 1, False, False)[0, 0, 0], [3.0, 4.5, 6.0], rtol=1e-12)
+    for call, name in ((lambda: F.avg_pool2d(x, 2, 2, 0, True), "ceil_mode=True"),
+                       (lambda: F.avg_pool2d(x, 2, divisor_override=3), "divisor_override=3"),
+                       (lambda: F.max_pool2d(x, 2, 2, 0, 2), "dilation=2"),
+                       (lambda: F.max_pool2d(x, 2, 2, 0, 1, True), "ceil_mode=True"),
+                       (lambda: F.max_pool2d(x, 2, return_indices=True), "return_indices=True")):
+        with pytest.raises(ValueError, match=f"{name} is not supported"):
+            call()
 
 
 # ---- losses ----------------------------------------------------------------------

@@ -15,6 +15,7 @@ import numpy
 from ..creation import empty, zeros, ones
 from ..tensor import as_dtype, Tensor
 from ..ops.conv import _pair as _checked_pair
+from ..ops._util import only_supported as _only
 from . import functional as F
 from . import init
 from .module import Module, Parameter
@@ -40,18 +41,6 @@ def _prob(p, name, layer):
     if not isinstance(p, numbers.Real) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
         raise ValueError(f"{layer}: expected {name} to be a probability in [0, 1], got {p!r}")
     return float(p)
-
-
-def _only(layer, **settings):
-    """Reject PyTorch options this layer accepts by name but does not implement."""
-    for name, (given, supported) in settings.items():
-        if supported is None:
-            ok = given is None
-        else:
-            ok = not isinstance(given, Tensor) and given == supported
-        if not ok:
-            shown = f"<a {type(given).__name__}>" if isinstance(given, Tensor) else repr(given)
-            raise ValueError(f"{layer}: {name}={shown} is not supported (only {name}={supported!r})")
 
 
 def _float_dtype(dtype, layer):
@@ -213,7 +202,8 @@ class AvgPool2d(_Pool2d):
         self.count_include_pad, self.divisor_override = bool(count_include_pad), divisor_override
 
     def forward(self, input):
-        return F.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.count_include_pad)
+        return F.avg_pool2d(input, self.kernel_size, self.stride, self.padding,
+                            count_include_pad=self.count_include_pad)
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -224,7 +214,10 @@ class AdaptiveAvgPool2d(Module):
 
     def __init__(self, output_size):
         super().__init__()
-        _pair(output_size, "output_size", "AdaptiveAvgPool2d", 1)
+        if isinstance(output_size, (tuple, list)) and len(output_size) == 2:   # None: keep that size
+            _pair(tuple(1 if o is None else o for o in output_size), "output_size", "AdaptiveAvgPool2d", 1)
+        else:
+            _pair(output_size, "output_size", "AdaptiveAvgPool2d", 1)
         self.output_size = output_size
 
     def forward(self, input):

@@ -89,3 +89,16 @@ def expand_reduced(g, axes, keepdims, shape, xp):
 def require_float(t, op):
     if t.dtype.kind != "f":
         raise TypeError(f"{op}: expected a floating-point tensor, got {t.dtype}")
+
+
+def only_supported(who, **settings):
+    """Reject PyTorch options that ``who`` takes by name (so that PyTorch's
+    positional order holds) but does not implement: ``name=(given, supported)``."""
+    for name, (given, supported) in settings.items():
+        if supported is None:
+            ok = given is None
+        else:
+            ok = not isinstance(given, Tensor) and given == supported
+        if not ok:
+            shown = f"<a {type(given).__name__}>" if isinstance(given, Tensor) else repr(given)
+            raise ValueError(f"{who}: {name}={shown} is not supported (only {name}={supported!r})")

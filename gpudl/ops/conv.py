@@ -9,6 +9,7 @@ import numbers
 
 from ..autograd import Function
 from ..tensor import Tensor
+from ._util import only_supported
 
 
 def _pair(v, name, op, minimum=0):
@@ -116,9 +117,13 @@ class MaxPool2d(Function):
         return ctx.backend.max_pool2d_backward(g, argmax, *ctx.conf), None, None, None
 
 
-def max_pool2d(input, kernel_size, stride=None, padding=0):
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False):
     """Max over windows; the gradient goes to the first maximum of each window
-    (to its last NaN where it holds NaNs, as in PyTorch)."""
+    (to its last NaN where it holds NaNs, as in PyTorch).  PyTorch's signature;
+    dilation, ceil_mode and return_indices only at their defaults."""
+    only_supported("max_pool2d", dilation=(dilation, 1), ceil_mode=(ceil_mode, False),
+                   return_indices=(return_indices, False))
     kernel, stride, padding = _pool_args(input, kernel_size, stride, padding, "max_pool2d")
     return MaxPool2d.apply(input, kernel, stride, padding)
 
@@ -134,21 +139,31 @@ class AvgPool2d(Function):
         return ctx.backend.avg_pool2d_backward(g, *ctx.conf), None, None, None, None
 
 
-def avg_pool2d(input, kernel_size, stride=None, padding=0, count_include_pad=True):
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    """Mean over windows.  PyTorch's signature; ceil_mode and divisor_override
+    only at their defaults."""
+    only_supported("avg_pool2d", ceil_mode=(ceil_mode, False), divisor_override=(divisor_override, None))
     kernel, stride, padding = _pool_args(input, kernel_size, stride, padding, "avg_pool2d")
     return AvgPool2d.apply(input, kernel, stride, padding, bool(count_include_pad))
 
 
 def adaptive_avg_pool2d(input, output_size):
-    """Average-pool to ``output_size``; 1 is global average pooling.
-
-    Sizes that divide the input evenly are supported (the windows then tile it).
-    """
+    """Average-pool to ``output_size`` (an int, a pair, None keeping that
+    size); 1 is global average pooling.  PyTorch's windows: cell i of n
+    over L averages [floor(i L / n), ceil((i + 1) L / n)), so they overlap
+    when n does not divide L."""
     _check_image(input, "adaptive_avg_pool2d")
-    oh, ow = _pair(output_size, "output_size", "adaptive_avg_pool2d", 1)
     h, w = input.shape[2:]
+    if isinstance(output_size, (tuple, list)) and len(output_size) == 2:
+        output_size = tuple(size if o is None else o for o, size in zip(output_size, (h, w)))
+    oh, ow = _pair(output_size, "output_size", "adaptive_avg_pool2d", 1)
     if (oh, ow) == (1, 1):
         return input.mean((2, 3), keepdim=True)
-    if h % oh or w % ow:
-        raise ValueError(f"adaptive_avg_pool2d: output size {(oh, ow)} must divide the input size {(h, w)}")
-    return avg_pool2d(input, (h // oh, w // ow))
+    if h % oh == 0 and w % ow == 0:        # the windows tile the input
+        return avg_pool2d(input, (h // oh, w // ow))
+    from .shape import cat
+    rows = [(i * h // oh, -(-(i + 1) * h // oh)) for i in range(oh)]
+    cols = [(j * w // ow, -(-(j + 1) * w // ow)) for j in range(ow)]
+    return cat([cat([input[:, :, a:b, c:d].mean((2, 3), keepdim=True) for c, d in cols], 3)
+                for a, b in rows], 2)
