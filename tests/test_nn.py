@@ -703,10 +703,33 @@ def test_batchnorm_loads_a_state_dict_without_its_batch_count():
     sd["running_mean"] = gpudl.tensor(np.arange(3.0, dtype=np.float32))
     result = nn.Sequential(bn).load_state_dict({"0." + k: v for k, v in sd.items()})
     assert result.missing_keys == [] and result.unexpected_keys == []
-    assert bn.num_batches_tracked.item() == 0     # restarts, as in PyTorch
+    assert bn.num_batches_tracked.item() == 7     # keeps its count, as in PyTorch
     close(bn.running_mean, [0.0, 1.0, 2.0])
     with pytest.raises(RuntimeError, match="running_var"):
         bn.load_state_dict({k: v for k, v in sd.items() if k != "running_var"})
+
+
+def test_batchnorm_follows_track_running_stats_changed_after_construction(device):
+    """PyTorch's rules: with running statistics, eval uses them even when
+    track_running_stats was turned off; training then uses the batch's and
+    leaves the running ones (and the count) alone."""
+    x = np.array([[0.0, 10.0], [2.0, 14.0], [4.0, 12.0]])
+    bn = nn.BatchNorm1d(2, device=device, dtype="float64")
+    bn.track_running_stats = False
+    bn.eval()
+    close(bn(t(x, device)), x / np.sqrt(1 + 1e-5), rtol=1e-12)           # running mean 0, var 1
+    bn.train()
+    close(bn(t(x, device)), (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5), rtol=1e-12)
+    close(bn.running_mean, [0.0, 0.0], rtol=0, atol=0)
+    close(bn.running_var, [1.0, 1.0], rtol=0, atol=0)
+    assert bn.num_batches_tracked.item() == 0
+    torch = pytest.importorskip("torch")
+    tb = torch.nn.BatchNorm1d(2).double()
+    tb.track_running_stats = False
+    for mode in (False, True):
+        tb.train(mode)
+        bn.train(mode)
+        close(bn(t(x, device)), tb(torch.tensor(x)).detach().numpy(), rtol=1e-12)
 
 
 def test_softmax_without_dim_takes_pytorchs_legacy_choice_with_a_warning():

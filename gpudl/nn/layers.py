@@ -379,7 +379,7 @@ class _BatchNorm(Module):
                 self.register_buffer(b, None)
         _finish(self, device)
 
-    # a state_dict without the count still loads (the count restarts at 0), as in PyTorch
+    # a state_dict without the count still loads (the count keeps its value), as in PyTorch
     _optional_state = ("num_batches_tracked",)
 
     def reset_running_stats(self):
@@ -398,14 +398,18 @@ class _BatchNorm(Module):
         if not isinstance(input, Tensor) or input.ndim not in self._input_dims:
             raise ValueError(f"{type(self).__name__}: expected {' or '.join(f'{d}-d' for d in self._input_dims)} "
                              f"input, got {input.shape if isinstance(input, Tensor) else type(input).__name__}")
+        # PyTorch's rules, also when track_running_stats is changed after construction:
+        # training uses the batch's statistics (and moves the running ones only while
+        # tracking); evaluation uses the running statistics whenever there are any
         momentum = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats:
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.data += 1   # on the device: no host sync
             if self.momentum is None:            # cumulative average: reads the count
                 momentum = 1.0 / float(self.num_batches_tracked.item())
-        use_batch_stats = self.training or not self.track_running_stats
-        return F.batch_norm(input, self.running_mean, self.running_var, self.weight, self.bias,
-                            use_batch_stats, momentum, self.eps)
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        track = not self.training or self.track_running_stats
+        return F.batch_norm(input, self.running_mean if track else None, self.running_var if track else None,
+                            self.weight, self.bias, use_batch_stats, momentum, self.eps)
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "

@@ -322,10 +322,9 @@ class Module:
             raise TypeError(f"load_state_dict: expected a dict of name -> Tensor, got {type(state_dict).__name__}")
         own = self.state_dict(keep_vars=True)
         # buffers a module may go without (BatchNorm's num_batches_tracked, as
-        # in PyTorch): when absent they are reset, not reported missing
+        # in PyTorch): when absent they keep their value, not reported missing
         optional = {pre + (pre and ".") + name for pre, mod in self.named_modules()
                     for name in getattr(mod, "_optional_state", ())}
-        reset = [k for k in own if k not in state_dict and k in optional]
         missing = [k for k in own if k not in state_dict and k not in optional]
         unexpected = [k for k in state_dict if k not in own]
         errors = []
@@ -347,8 +346,6 @@ class Module:
                                + "\n\t".join(errors))
         for dest, src in staged:
             dest.data[...] = src.astype(dest.dtype, copy=False)
-        for k in reset:
-            own[k].data[...] = 0
         return _IncompatibleKeys(missing, unexpected)
 
     # ---- mode and movement --------------------------------------------
