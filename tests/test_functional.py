@@ -198,7 +198,7 @@ def test_cross_entropy_hand_computed(device):
 def test_cross_entropy_gradcheck(device, smoothing, reduction):
     x = t(rng.standard_normal((4, 5)) * 3, device, requires_grad=True)
     y = gpudl.tensor([0, 4, 2, 2], device=device)
-    assert gradcheck(lambda a: F.cross_entropy(a, y, reduction, smoothing), [x])
+    assert gradcheck(lambda a: F.cross_entropy(a, y, reduction=reduction, label_smoothing=smoothing), [x])
 
 
 def test_cross_entropy_is_stable_for_huge_logits(device):
@@ -221,6 +221,91 @@ def test_cross_entropy_ignore_index_and_extra_dims(device):
     y4 = gpudl.tensor(rng.integers(0, 3, (2, 2, 2)), device=device)
     flat = F.cross_entropy(x4.permute(0, 2, 3, 1).reshape(-1, 3), y4.reshape(-1))
     close(F.cross_entropy(x4, y4), flat.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_class_weights_by_hand_and_gradcheck(device, reduction, smoothing):
+    """weight (C,): PyTorch's formula, ``(1 - e) * w_y * nll + e / C * sum_c w_c (-log p_c)``;
+    "mean" divides by the kept rows' w_y; ignored rows count nothing."""
+    x = rng.standard_normal((5, 4)) * 2
+    y = np.array([0, 3, -100, 1, 3])
+    w = np.array([0.5, 2.0, 1.0, 3.0])
+    lp = x - np.log(np.exp(x).sum(1, keepdims=True))
+    kept = y != -100
+    yk = np.where(kept, y, 0)
+    per = ((1 - smoothing) * -w[yk] * lp[np.arange(5), yk] + smoothing / 4 * -(lp * w).sum(1)) * kept
+    want = {"none": per, "sum": per.sum(), "mean": per.sum() / w[yk][kept].sum()}[reduction]
+    yt, wt = gpudl.tensor(y, device=device), t(w, device)
+    close(F.cross_entropy(t(x, device), yt, wt, reduction=reduction, label_smoothing=smoothing), want,
+          rtol=1e-12, atol=1e-14)
+    xt = t(x, device, requires_grad=True)
+    assert gradcheck(lambda a: F.cross_entropy(a, yt, wt, reduction=reduction, label_smoothing=smoothing), [xt])
+    if smoothing == 0.0:
+        nll = (-w[yk] * lp[np.arange(5), yk]) * kept
+        want = {"none": nll, "sum": nll.sum(), "mean": nll.sum() / w[yk][kept].sum()}[reduction]
+        close(F.nll_loss(t(lp, device), yt, wt, reduction=reduction), want, rtol=1e-12, atol=1e-14)
+        close(nn.NLLLoss(wt, reduction=reduction)(t(lp, device), yt), want, rtol=1e-12, atol=1e-14)
+    close(nn.CrossEntropyLoss(wt, reduction=reduction, label_smoothing=smoothing)(t(x, device), yt),
+          F.cross_entropy(t(x, device), yt, wt, reduction=reduction, label_smoothing=smoothing).numpy(),
+          rtol=1e-12)
+    assert list(nn.CrossEntropyLoss(wt).state_dict()) == ["weight"]      # a buffer, as in PyTorch
+
+
+def test_bce_weight_and_pos_weight_by_hand_and_gradcheck(device):
+    x = rng.standard_normal((4, 3)) * 5
+    z = (rng.random((4, 3)) > 0.5).astype(float)
+    w = rng.random((1, 3)) + 0.5
+    p = np.array([0.5, 1.0, 4.0])
+    sig = 1 / (1 + np.exp(-x))
+    per = -w * (p * z * np.log(sig) + (1 - z) * np.log(1 - sig))
+    xt, zt, wt, pt = (t(a, device, True) for a in (x, z, w, p))
+    close(F.binary_cross_entropy_with_logits(xt, zt, wt, reduction="none", pos_weight=pt), per, rtol=1e-9)
+    close(nn.BCEWithLogitsLoss(wt, pos_weight=pt)(xt, zt), per.mean(), rtol=1e-9)
+    assert gradcheck(lambda a, b, c: F.binary_cross_entropy_with_logits(a, b, wt, pos_weight=c), [xt, zt, pt])
+    assert list(nn.BCEWithLogitsLoss(wt, pos_weight=pt).state_dict()) == ["weight", "pos_weight"]
+    with pytest.raises(ValueError, match=r"pos_weight of shape \(2,\) does not broadcast"):
+        F.binary_cross_entropy_with_logits(xt, zt, pos_weight=t(np.ones(2), device))
+
+
+def test_losses_take_pytorchs_positional_arguments_and_legacy_reductions(device):
+    """weight is the third argument (it was reduction); size_average / reduce
+    still pick the reduction, with PyTorch's warning."""
+    x, y = t(rng.standard_normal((3, 4)), device), gpudl.tensor([0, 1, 3], device=device)
+    with pytest.raises(ValueError, match=r"expected weight of shape \(4,\) for 4 classes, got \(3,\)"):
+        F.cross_entropy(x, y, t(np.ones(3), device))
+    with pytest.raises(TypeError, match="expected weight to be a Tensor of 4 class weights, got str"):
+        F.cross_entropy(x, y, "sum")
+    a, b = t(rng.standard_normal((2, 3)), device), t(rng.standard_normal((2, 3)), device)
+    for size_average, reduce, reduction in ((None, None, "mean"), (True, None, "mean"), (False, None, "sum"),
+                                            (None, False, "none"), (False, True, "sum")):
+        if size_average is None and reduce is None:
+            got = F.mse_loss(a, b, size_average, reduce)
+        else:
+            with pytest.warns(UserWarning, match=f"use reduction='{reduction}' instead"):
+                got = F.mse_loss(a, b, size_average, reduce)
+        close(got, F.mse_loss(a, b, reduction=reduction).numpy(), rtol=1e-12)
+    with pytest.warns(UserWarning):
+        assert nn.CrossEntropyLoss(None, False).reduction == "sum"
+
+
+def test_losses_agree_with_torch_on_weights_smoothing_and_ignored_rows():
+    torch = pytest.importorskip("torch")
+    import itertools
+    x = rng.standard_normal((6, 4, 3))
+    y = rng.integers(0, 4, (6, 3))
+    y[1, 2] = 2
+    w = rng.random(4) + 0.1
+    for red, eps, weighted, ign in itertools.product(["mean", "sum", "none"], [0.0, 0.2], [False, True], [-100, 2]):
+        tx, gx = torch.tensor(x, requires_grad=True), gpudl.tensor(x, requires_grad=True)
+        a = torch.nn.functional.cross_entropy(tx, torch.tensor(y), torch.tensor(w) if weighted else None,
+                                              ignore_index=ign, reduction=red, label_smoothing=eps)
+        b = F.cross_entropy(gx, gpudl.tensor(y), gpudl.tensor(w) if weighted else None,
+                            ignore_index=ign, reduction=red, label_smoothing=eps)
+        a.sum().backward()
+        b.sum().backward()
+        close(b, a.detach().numpy(), rtol=1e-10)
+        close(gx.grad, tx.grad.numpy(), rtol=1e-9, atol=1e-12)
 
 
 def test_multiclass_hinge_hand_computed(device):
@@ -249,11 +334,11 @@ def test_nll_mse_bce(device):
     y = np.array([3, 0, 1])
     close(F.nll_loss(t(lp, device), gpudl.tensor(y, device=device)), -lp[np.arange(3), y].mean(), rtol=1e-9)
     a, b = rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
-    close(F.mse_loss(t(a, device), t(b, device), "sum"), ((a - b) ** 2).sum(), rtol=1e-9)
+    close(F.mse_loss(t(a, device), t(b, device), reduction="sum"), ((a - b) ** 2).sum(), rtol=1e-9)
     x = np.array([[-1e4, 0.3, 50.0]])
     z = np.array([[0.0, 1.0, 1.0]])
     ref = np.maximum(x, 0) - x * z + np.log1p(np.exp(-np.abs(x)))
-    close(F.binary_cross_entropy_with_logits(t(x, device), t(z, device), "none"), ref, rtol=1e-9)
+    close(F.binary_cross_entropy_with_logits(t(x, device), t(z, device), reduction="none"), ref, rtol=1e-9)
     for fn, args in ((F.nll_loss, (t(lp, device, True), gpudl.tensor(y, device=device))),
                      (F.mse_loss, (t(a, device, True), t(b, device, True))),
                      (F.binary_cross_entropy_with_logits, (t(a, device, True), t(z * np.ones((2, 1)), device)))):

@@ -16,6 +16,7 @@ from ..creation import empty, zeros, ones
 from ..tensor import as_dtype, Tensor
 from ..ops.conv import _pair as _checked_pair
 from ..ops._util import only_supported as _only
+from ..ops.loss import _reduction as _legacy_reduction
 from . import functional as F
 from . import init
 from .module import Module, Parameter
@@ -428,48 +429,63 @@ class BatchNorm2d(_BatchNorm):
 
 # ---- losses -------------------------------------------------------------------------
 class _Loss(Module):
-    def __init__(self, reduction="mean", **unsupported):
+    def __init__(self, size_average=None, reduce=None, reduction="mean"):
         super().__init__()
+        name = type(self).__name__
+        reduction = _legacy_reduction(size_average, reduce, reduction, name)
         if reduction not in _REDUCTIONS:
-            raise ValueError(f"{type(self).__name__}: expected reduction 'mean', 'sum' or 'none', got {reduction!r}")
-        _only(type(self).__name__, **{k: (v, None) for k, v in unsupported.items()})
+            raise ValueError(f"{name}: expected reduction 'mean', 'sum' or 'none', got {reduction!r}")
         self.reduction = reduction
 
 
-class _IndexLoss(_Loss):
-    def __init__(self, weight, ignore_index, reduction):
-        super().__init__(reduction, weight=weight)
+class _WeightedLoss(_Loss):
+    """A loss with per-class ``weight`` (a buffer, so in the state_dict, as in PyTorch)."""
+
+    def __init__(self, weight=None, size_average=None, reduce=None, reduction="mean"):
+        super().__init__(size_average, reduce, reduction)
+        if weight is not None and not isinstance(weight, Tensor):
+            raise TypeError(f"{type(self).__name__}: expected weight to be a Tensor or None, "
+                            f"got {type(weight).__name__}")
+        self.register_buffer("weight", weight)
+
+
+class _IndexLoss(_WeightedLoss):
+    def __init__(self, weight, size_average, ignore_index, reduce, reduction):
+        super().__init__(weight, size_average, reduce, reduction)
         if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool):
             raise ValueError(f"{type(self).__name__}: expected ignore_index to be an int, got {ignore_index!r}")
         self.ignore_index = int(ignore_index)
 
 
 class CrossEntropyLoss(_IndexLoss):
-    """Softmax cross-entropy of logits (N, C) against class indices (N,)."""
+    """Softmax cross-entropy of logits (N, C) against class indices (N,);
+    PyTorch's arguments (``weight``: one per class)."""
 
-    def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
-        super().__init__(weight, ignore_index, reduction)
+    def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
+                 label_smoothing=0.0):
+        super().__init__(weight, size_average, ignore_index, reduce, reduction)
         self.label_smoothing = _prob(label_smoothing, "label_smoothing", "CrossEntropyLoss")
 
     def forward(self, input, target):
-        return F.cross_entropy(input, target, self.reduction, self.label_smoothing, self.ignore_index)
+        return F.cross_entropy(input, target, self.weight, ignore_index=self.ignore_index,
+                               reduction=self.reduction, label_smoothing=self.label_smoothing)
 
 
 class NLLLoss(_IndexLoss):
     """Negative log-likelihood of log-probabilities (N, C) at class indices (N,)."""
 
-    def __init__(self, weight=None, ignore_index=-100, reduction="mean"):
-        super().__init__(weight, ignore_index, reduction)
+    def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean"):
+        super().__init__(weight, size_average, ignore_index, reduce, reduction)
 
     def forward(self, input, target):
-        return F.nll_loss(input, target, self.reduction, self.ignore_index)
+        return F.nll_loss(input, target, self.weight, ignore_index=self.ignore_index, reduction=self.reduction)
 
 
 class MultiClassHingeLoss(_Loss):
     """Multiclass SVM loss: sum over j != y of max(0, s_j - s_y + margin) (CS231n form)."""
 
     def __init__(self, margin=1.0, reduction="mean"):
-        super().__init__(reduction)
+        super().__init__(reduction=reduction)
         if not isinstance(margin, numbers.Real) or isinstance(margin, bool) or margin < 0:
             raise ValueError(f"MultiClassHingeLoss: expected margin to be a number >= 0, got {margin!r}")
         self.margin = float(margin)
@@ -483,14 +499,20 @@ class MultiClassHingeLoss(_Loss):
 
 class MSELoss(_Loss):
     def forward(self, input, target):
-        return F.mse_loss(input, target, self.reduction)
+        return F.mse_loss(input, target, reduction=self.reduction)
 
 
-class BCEWithLogitsLoss(_Loss):
-    """Sigmoid + binary cross-entropy on logits, stable for any size."""
+class BCEWithLogitsLoss(_WeightedLoss):
+    """Sigmoid + binary cross-entropy on logits, stable for any size;
+    ``weight`` per element (broadcast), ``pos_weight`` per class (buffers)."""
 
-    def __init__(self, weight=None, reduction="mean", pos_weight=None):
-        super().__init__(reduction, weight=weight, pos_weight=pos_weight)
+    def __init__(self, weight=None, size_average=None, reduce=None, reduction="mean", pos_weight=None):
+        super().__init__(weight, size_average, reduce, reduction)
+        if pos_weight is not None and not isinstance(pos_weight, Tensor):
+            raise TypeError(f"BCEWithLogitsLoss: expected pos_weight to be a Tensor or None, "
+                            f"got {type(pos_weight).__name__}")
+        self.register_buffer("pos_weight", pos_weight)
 
     def forward(self, input, target):
-        return F.binary_cross_entropy_with_logits(input, target, self.reduction)
+        return F.binary_cross_entropy_with_logits(input, target, self.weight, reduction=self.reduction,
+                                                  pos_weight=self.pos_weight)

@@ -1,9 +1,14 @@
 """Loss functions: fused softmax cross-entropy, multiclass hinge, NLL, MSE, BCE with logits."""
 from __future__ import annotations
 
+import warnings
+
+import numpy
+
 from ..autograd import Function
 from ..tensor import Tensor
 from . import math as M
+from .activation import log_softmax
 from .shape import where
 
 
@@ -15,6 +20,34 @@ def _reduce(per_item, reduction, op, count=None):
     if reduction == "mean":
         return per_item.sum() / count if count is not None else per_item.mean()
     raise ValueError(f"{op}: expected reduction 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def _reduction(size_average, reduce, reduction, op):
+    """PyTorch's deprecated ``size_average`` / ``reduce`` pair, when given,
+    decides the reduction as it does there (each None counts as True)."""
+    if size_average is None and reduce is None:
+        return reduction
+    if reduce is None or reduce:
+        reduction = "mean" if size_average is None or size_average else "sum"
+    else:
+        reduction = "none"
+    warnings.warn(f"{op}: size_average and reduce are deprecated, as in PyTorch; use "
+                  f"reduction={reduction!r} instead", UserWarning, stacklevel=3)
+    return reduction
+
+
+def _class_weight(weight, scores, op):
+    """``weight`` (C,) for the classes of ``scores`` (N, C), or None."""
+    if weight is None:
+        return None
+    c = scores.shape[1]
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"{op}: expected weight to be a Tensor of {c} class weights, got {type(weight).__name__}")
+    if weight.shape != (c,):
+        raise ValueError(f"{op}: expected weight of shape ({c},) for {c} classes, got {weight.shape}")
+    if weight.device != scores.device:
+        raise ValueError(f"{op}: input on {scores.device}, weight on {weight.device}")
+    return weight if weight.dtype == scores.dtype else M.astype(weight, scores.dtype)
 
 
 def _check_target(scores, target, op, ignore_index=None):
@@ -68,15 +101,19 @@ class SoftmaxCrossEntropy(Function):
         return ctx.backend.softmax_cross_entropy_backward(logits, labels, lse, g, ctx.smoothing), None, None
 
 
-def cross_entropy(input, target, reduction="mean", label_smoothing=0.0, ignore_index=-100):
-    """Softmax cross-entropy of logits (N, C) against class indices (N,).
+def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
+                  reduction="mean", label_smoothing=0.0):
+    """Softmax cross-entropy of logits (N, C) against class indices (N,);
+    PyTorch's signature and formulas.
 
     Extra dimensions (N, C, d1, ...) with target (N, d1, ...) are flattened
     (``reduction="none"`` gives the loss back in the target's shape).
     Rows whose target equals ``ignore_index`` contribute nothing; "mean"
-    averages over the others.
+    averages over the others.  ``weight`` (C,) scales each row by its
+    class's weight, and "mean" then divides by the sum of those weights.
     """
     op = "cross_entropy"
+    reduction = _reduction(size_average, reduce, reduction, op)
     shape = None
     if isinstance(input, Tensor) and input.ndim > 2:
         c = input.shape[1]
@@ -90,12 +127,51 @@ def cross_entropy(input, target, reduction="mean", label_smoothing=0.0, ignore_i
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"{op}: expected 0 <= label_smoothing <= 1, got {label_smoothing}")
     ignore = _check_target(input, target, op, ignore_index)
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"{op}: expected reduction 'mean', 'sum' or 'none', got {reduction!r}")
+    w = _class_weight(weight, input, op)
     labels = _labels(target, ignore)
     if ignore[1]:   # ignored rows' logits read as 0: an inf there can't reach the loss or gradient
         input = where(Tensor._make(~ignore[0][:, None], input.device), input, 0.0)
-    out = _reduce_kept(SoftmaxCrossEntropy.apply(input, labels, float(label_smoothing)),
-                       ignore, reduction, op)
+    if w is None:
+        out = _reduce_kept(SoftmaxCrossEntropy.apply(input, labels, float(label_smoothing)),
+                           ignore, reduction, op)
+    elif label_smoothing == 0.0:
+        out = _reduce_weighted(SoftmaxCrossEntropy.apply(input, labels, 0.0), w, labels, ignore, reduction, op)
+    else:
+        # PyTorch's weighted smoothing: (1 - e) * weighted NLL + e / C * (-sum_c w_c log p_c),
+        # the second part's "mean" divided by the same sum of the rows' weights
+        logp = log_softmax(input, 1)
+        e, c = float(label_smoothing), input.shape[1]
+        nll = _reduce_weighted(-_pick(logp, labels), w, labels, ignore, reduction, op)
+        smooth = _reduce_weighted(-(logp * w).sum(1), w, labels, ignore, reduction, op, scale=False)
+        out = nll * (1.0 - e) + smooth * (e / c)
     return out.reshape(shape) if shape is not None and reduction == "none" else out
+
+
+def _pick(scores, labels):
+    """scores[i, labels[i]] for every row."""
+    return scores[scores.device.backend.xp.arange(scores.shape[0]), labels]
+
+
+def _reduce_weighted(loss, w, labels, ignore, reduction, op, scale=True):
+    """Per-row ``loss`` times its class's weight (unless ``scale`` is False),
+    reduced over the rows kept; "mean" divides by the kept rows' weights."""
+    mask, has_ignored, all_ignored = ignore
+    wy = w[labels]
+    if scale:
+        loss = loss * wy
+    if has_ignored:
+        kept = Tensor._make(~mask, loss.device)
+        loss = where(kept, loss, 0.0)
+        wy = where(kept, wy, 0.0)
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    if has_ignored and all_ignored:
+        return where(Tensor._make(loss.device.backend.xp.zeros((), bool), loss.device), loss.sum(), float("nan"))
+    return loss.sum() / wy.detach().sum()
 
 
 def _labels(target, ignore):
@@ -150,12 +226,21 @@ def multiclass_hinge_loss(input, target, margin=1.0, reduction="mean"):
     return _reduce(MultiClassHinge.apply(input, target.data, float(margin)), reduction, "multiclass_hinge_loss")
 
 
-def nll_loss(input, target, reduction="mean", ignore_index=-100):
-    """Negative log-likelihood of log-probabilities (N, C) at class indices (N,)."""
-    ignore = _check_target(input, target, "nll_loss", ignore_index)
+def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
+             reduction="mean"):
+    """Negative log-likelihood of log-probabilities (N, C) at class indices (N,);
+    PyTorch's signature.  ``weight`` as in :func:`cross_entropy`."""
+    op = "nll_loss"
+    reduction = _reduction(size_average, reduce, reduction, op)
+    ignore = _check_target(input, target, op, ignore_index)
+    w = _class_weight(weight, input, op)
     labels = _labels(target, ignore)
-    picked = -input[input.device.backend.xp.arange(input.shape[0]), labels]
-    return _reduce_kept(picked, ignore, reduction, "nll_loss")
+    picked = -_pick(input, labels)
+    if w is None:
+        return _reduce_kept(picked, ignore, reduction, op)
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"{op}: expected reduction 'mean', 'sum' or 'none', got {reduction!r}")
+    return _reduce_weighted(picked, w, labels, ignore, reduction, op)
 
 
 def _check_same(input, target, op):
@@ -165,35 +250,70 @@ def _check_same(input, target, op):
         raise ValueError(f"{op}: input shape {input.shape} and target shape {target.shape} differ")
 
 
-def mse_loss(input, target, reduction="mean"):
+def mse_loss(input, target, size_average=None, reduce=None, reduction="mean"):
+    """Mean squared error; PyTorch's signature."""
+    reduction = _reduction(size_average, reduce, reduction, "mse_loss")
     _check_same(input, target, "mse_loss")
     d = input - target
     return _reduce(d * d, reduction, "mse_loss")
 
 
 class BCEWithLogits(Function):
+    """``(1 - y) x + (1 + (p - 1) y) softplus(-x)`` per element (p: pos_weight,
+    None for 1), with softplus(-x) = log1p(exp(-|x|)) + relu(-x): stable for
+    logits of any size."""
+
     @staticmethod
-    def forward(ctx, x, y):
+    def forward(ctx, x, y, pw):
         xp = ctx.xp
-        ctx.save_for_backward(x, y)
-        return ctx.backend.relu(x) - x * y + xp.log1p(xp.exp(-xp.abs(x)))
+        sp = ctx.backend.relu(-x) + xp.log1p(xp.exp(-xp.abs(x)))
+        ctx.save_for_backward(x, y, pw, sp)
+        if pw is None:
+            return (1 - y) * x + sp
+        return (1 - y) * x + ((pw - 1) * y + 1) * sp
 
     @staticmethod
     def backward(ctx, g):
-        x, y = ctx.saved
+        x, y, pw, sp = ctx.saved
         xp = ctx.xp
         e = xp.exp(-xp.abs(x))
         sig = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
-        ny = ctx.needs_input_grad[1]
-        return g * (sig - y), (-g * x if ny else None)
+        _, ny, npw = ctx.needs_input_grad
+        if pw is None:
+            return g * (sig - y), (-g * x if ny else None), None
+        gx = g * ((1 - y) - ((pw - 1) * y + 1) * (1 - sig))
+        return gx, (g * ((pw - 1) * sp - x) if ny else None), (g * y * sp if npw else None)
 
 
-def binary_cross_entropy_with_logits(input, target, reduction="mean"):
-    """Sigmoid + binary cross-entropy, stable for logits of any size."""
-    _check_same(input, target, "binary_cross_entropy_with_logits")
+def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
+                                     reduction="mean", pos_weight=None):
+    """Sigmoid + binary cross-entropy, stable for logits of any size; PyTorch's
+    signature.  ``weight`` multiplies each element's loss (broadcast);
+    ``pos_weight`` (broadcast along the last dimension: one per class) weighs
+    the positive term: ``-(p y log s(x) + (1 - y) log(1 - s(x)))``."""
+    op = "binary_cross_entropy_with_logits"
+    reduction = _reduction(size_average, reduce, reduction, op)
+    _check_same(input, target, op)
     if target.dtype != input.dtype:
         target = M.astype(target, input.dtype)
-    return _reduce(BCEWithLogits.apply(input, target), reduction, "binary_cross_entropy_with_logits")
+    pw = None if pos_weight is None else _broadcast_weight(pos_weight, input, "pos_weight", op)
+    loss = BCEWithLogits.apply(input, target, pw)
+    if weight is not None:
+        loss = loss * _broadcast_weight(weight, input, "weight", op)
+    return _reduce(loss, reduction, op)
+
+
+def _broadcast_weight(w, input, name, op):
+    if not isinstance(w, Tensor):
+        raise TypeError(f"{op}: expected {name} to be a Tensor, got {type(w).__name__}")
+    if w.device != input.device:
+        raise ValueError(f"{op}: input on {input.device}, {name} on {w.device}")
+    try:
+        numpy.broadcast_shapes(w.shape, input.shape)
+    except ValueError:
+        raise ValueError(f"{op}: {name} of shape {w.shape} does not broadcast to the input's "
+                         f"{input.shape}") from None
+    return w if w.dtype == input.dtype else M.astype(w, input.dtype)
 
 
 def l2_penalty(params):
