@@ -381,6 +381,50 @@ def test_embedding_lookup_gradient_and_padding(device):
     assert not g[5].any() and not g[[1, 3, 4]].any()
 
 
+def test_embedding_max_norm_and_scale_grad_by_freq(device):
+    """max_norm scales the rows looked up (in place, by max_norm / (norm + 1e-7));
+    scale_grad_by_freq divides each row's gradient by its count in the batch."""
+    W = np.array([[3.0, 4.0], [0.3, 0.4], [6.0, 8.0], [1.0, 0.0]])
+    e = nn.Embedding(4, 2, None, 1.0, 2.0, True, dtype="float64").to(device)
+    e.weight.data[...] = t(W, device).data
+    ids = t(np.array([0, 2, 2, 1]), device)
+    out = e(ids)
+    want = W.copy()
+    want[[0, 2]] *= (1.0 / (np.array([5.0, 10.0]) + 1e-7))[:, None]   # row 3 not looked up: untouched
+    np.testing.assert_allclose(e.weight.numpy(), want, rtol=1e-12)
+    np.testing.assert_allclose(out.numpy(), want[[0, 2, 2, 1]], rtol=1e-12)
+    out.sum().backward()
+    np.testing.assert_allclose(e.weight.grad.numpy(), [[1, 1], [1, 1], [1, 1], [0, 0]], rtol=1e-12)
+    f = nn.Embedding(4, 2, None, None, 1.0, False).to(device)                 # norm_type alone changes nothing
+    f(ids).sum().backward()
+    assert f.weight.grad.numpy()[2].tolist() == [2.0, 2.0]
+    with pytest.raises(ValueError, match="sparse=True is not supported"):
+        nn.Embedding(4, 2, sparse=True)
+    with pytest.raises(ValueError, match="max_norm to be a number > 0"):
+        nn.Embedding(4, 2, max_norm=0)
+
+
+def test_embedding_options_agree_with_torch():
+    torch = pytest.importorskip("torch")
+    r = np.random.default_rng(0)
+    W = r.standard_normal((6, 4)) * 2
+    ids = np.array([[0, 2, 2], [5, 2, 1]])
+    for mn, nt, sg, pi in [(1.5, 2.0, False, None), (1.0, 1.0, True, 2), (2.0, 3.0, True, 5)]:
+        te = torch.nn.Embedding(6, 4, pi, mn, nt, sg).double()
+        with torch.no_grad():
+            te.weight.copy_(torch.tensor(W))
+        ge = nn.Embedding(6, 4, pi, mn, nt, sg, dtype="float64")
+        ge.weight.data[...] = W
+        g = r.standard_normal((2, 3, 4))
+        a = te(torch.tensor(ids))
+        a.backward(torch.tensor(g))
+        b = ge(gpudl.tensor(ids))
+        b.backward(gpudl.tensor(g))
+        np.testing.assert_allclose(b.numpy(), a.detach().numpy(), rtol=1e-12)
+        np.testing.assert_allclose(ge.weight.grad.numpy(), te.weight.grad.numpy(), rtol=1e-12)
+        np.testing.assert_allclose(ge.weight.numpy(), te.weight.detach().numpy(), rtol=1e-12)
+
+
 def test_embedding_errors_and_from_pretrained():
     e = nn.Embedding(10, 4)
     with pytest.raises(ValueError, match=r"token ids must be in \[0, 9\].*got ids in \[0, 10\]"):

@@ -6,7 +6,7 @@ import numbers
 from ..ops.rnn import embedding
 from ..tensor import Tensor
 from . import init
-from .layers import _finish, _float_dtype, _int, _param
+from .layers import _finish, _float_dtype, _int, _only, _param
 from .module import Module, Parameter
 
 
@@ -15,13 +15,22 @@ class Embedding(Module):
 
     Ids must be integers in [0, num_embeddings) (others raise ValueError).
     Row ``padding_idx`` (negative counts from the end) starts at zero and
-    gets no gradient, so it stays what it is.  ``_weight`` takes an existing
+    gets no gradient, so it stays what it is.  ``max_norm``, ``norm_type``
+    and ``scale_grad_by_freq`` as in :func:`gpudl.nn.functional.embedding`;
+    dense gradients only.  ``_weight`` takes an existing
     (num_embeddings, embedding_dim) tensor, as :meth:`from_pretrained` does.
+    PyTorch's arguments, in its order.
     """
 
-    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, _weight=None, _freeze=False,
-                 device=None, dtype=None):
+    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, max_norm=None, norm_type=2.0,
+                 scale_grad_by_freq=False, sparse=False, _weight=None, _freeze=False, device=None, dtype=None):
         super().__init__()
+        _only("Embedding", sparse=(sparse, False))
+        for name, v in (("max_norm", max_norm), ("norm_type", norm_type)):
+            if v is not None and (not isinstance(v, numbers.Real) or isinstance(v, bool) or not v > 0):
+                raise ValueError(f"Embedding: expected {name} to be a number > 0, got {v!r}")
+        self.max_norm, self.norm_type = max_norm, float(norm_type)
+        self.scale_grad_by_freq, self.sparse = bool(scale_grad_by_freq), False
         self.num_embeddings = _int(num_embeddings, "num_embeddings", "Embedding")
         self.embedding_dim = _int(embedding_dim, "embedding_dim", "Embedding")
         n = self.num_embeddings
@@ -50,15 +59,18 @@ class Embedding(Module):
             self.weight.data[self.padding_idx] = 0
 
     @classmethod
-    def from_pretrained(cls, embeddings, freeze=True, padding_idx=None):
+    def from_pretrained(cls, embeddings, freeze=True, padding_idx=None, max_norm=None, norm_type=2.0,
+                        scale_grad_by_freq=False, sparse=False):
         """An Embedding holding ``embeddings`` (2-D); ``freeze`` turns its gradient off."""
         if not isinstance(embeddings, Tensor) or embeddings.ndim != 2:
             raise ValueError("Embedding.from_pretrained: expected a 2-D Tensor of embeddings")
         n, dim = embeddings.shape
-        return cls(n, dim, padding_idx=padding_idx, _weight=embeddings, _freeze=freeze)
+        return cls(n, dim, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse,
+                   _weight=embeddings, _freeze=freeze)
 
     def forward(self, input):
-        return embedding(input, self.weight, self.padding_idx)
+        return embedding(input, self.weight, self.padding_idx, self.max_norm, self.norm_type,
+                         self.scale_grad_by_freq)
 
     def extra_repr(self):
         s = f"{self.num_embeddings}, {self.embedding_dim}"

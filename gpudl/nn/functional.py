@@ -11,6 +11,7 @@ from ..ops.loss import (  # noqa: F401
 )
 from ..ops.norm import batch_norm  # noqa: F401
 from ..ops.shape import pad  # noqa: F401
+from ..ops.rnn import embedding  # noqa: F401
 from ..ops.math import matmul
 
 

@@ -30,6 +30,7 @@ import sys
 
 from ..autograd import Context, Function, Node
 from ..tensor import Tensor
+from ._util import only_supported
 
 MODES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
@@ -521,26 +522,38 @@ def rnn_scan(mode, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, revers
 
 class Embedding(Function):
     @staticmethod
-    def forward(ctx, weight, ids, padding_idx):
+    def forward(ctx, weight, ids, padding_idx, scale_grad_by_freq):
         ctx.ids, ctx.shape, ctx.padding_idx = ids, weight.shape, padding_idx
+        ctx.by_freq = scale_grad_by_freq
         return weight[ids]
 
     @staticmethod
     def backward(ctx, g):
         xp = ctx.xp
+        ids = ctx.ids.reshape(-1)
         gw = xp.zeros(ctx.shape, dtype=g.dtype)
-        xp.add.at(gw, ctx.ids.reshape(-1), g.reshape(-1, ctx.shape[1]))
+        xp.add.at(gw, ids, g.reshape(-1, ctx.shape[1]))
+        if ctx.by_freq:     # each row's gradient over the number of times the batch used it
+            counts = xp.bincount(ids, minlength=ctx.shape[0])
+            gw /= xp.maximum(counts, 1).astype(g.dtype)[:, None]
         if ctx.padding_idx is not None:
             gw[ctx.padding_idx] = 0
-        return gw, None, None
+        return gw, None, None, None
 
 
-def embedding(input, weight, padding_idx=None):
-    """Rows of ``weight`` (num_embeddings, dim) at the integer ids ``input`` (any shape) -> (*input.shape, dim).
+def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False,
+              sparse=False):
+    """Rows of ``weight`` (num_embeddings, dim) at the integer ids ``input`` (any shape) -> (*input.shape, dim);
+    PyTorch's signature.
 
     Ids outside [0, num_embeddings) raise ValueError.  No gradient reaches
-    row ``padding_idx`` (a negative one counts from the end).
+    row ``padding_idx`` (a negative one counts from the end).  ``max_norm``:
+    the rows looked up whose ``norm_type``-norm exceeds it are first scaled
+    down to it, in place (as PyTorch does).  ``scale_grad_by_freq``: each
+    row's gradient is divided by how often the batch used it.  Dense
+    gradients only (``sparse=False``).
     """
+    only_supported("embedding", sparse=(sparse, False))
     if not isinstance(weight, Tensor) or weight.ndim != 2:
         raise ValueError(f"embedding: expected weight of shape (num_embeddings, embedding_dim), got "
                          f"{weight.shape if isinstance(weight, Tensor) else type(weight).__name__}")
@@ -560,4 +573,23 @@ def embedding(input, weight, padding_idx=None):
         if lo < 0 or hi >= n:
             raise ValueError(f"embedding: token ids must be in [0, {n - 1}] (num_embeddings={n}), "
                              f"got ids in [{lo}, {hi}]")
-    return Embedding.apply(weight, input.data, padding_idx)
+    if max_norm is not None:
+        _renorm_rows(weight, input.data, max_norm, norm_type)
+    return Embedding.apply(weight, input.data, padding_idx, bool(scale_grad_by_freq))
+
+
+def _renorm_rows(weight, ids, max_norm, norm_type):
+    """PyTorch's ``embedding_renorm_``: rows ``ids`` of ``weight`` whose norm
+    exceeds ``max_norm`` scaled to it (by max_norm / (norm + 1e-7)), in place,
+    outside the graph."""
+    for name, v in (("max_norm", max_norm), ("norm_type", norm_type)):
+        if not isinstance(v, numbers.Real) or isinstance(v, bool) or not v > 0:
+            raise ValueError(f"embedding: expected {name} to be a number > 0, got {v!r}")
+    xp = weight.device.backend.xp
+    rows = xp.unique(ids.reshape(-1))
+    w = weight.data
+    norms = xp.linalg.norm(w[rows], ord=float(norm_type), axis=1) if norm_type != 2 else \
+        xp.sqrt((w[rows] * w[rows]).sum(axis=1))
+    big = norms > max_norm
+    scale = xp.where(big, max_norm / (norms + 1e-7), 1).astype(w.dtype)
+    w[rows] *= scale[:, None]
