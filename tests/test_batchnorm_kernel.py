@@ -112,6 +112,17 @@ def test_device_kernels_match_the_cpu(device):
             np.testing.assert_allclose(a, r, rtol=5e-5, atol=5e-5)
 
 
+@pytest.mark.parametrize("shape", [(2, 0, 3), (2, 0), (2, 0, 2, 2)])
+def test_zero_channels_give_empty_results_on_both_devices(emu, shape):
+    for be in (emu, cpu):
+        x = np.zeros(shape)
+        y, xhat, invstd = be.batch_norm_forward(x, np.ones(0), np.zeros(0), np.zeros(0), np.ones(0),
+                                                1e-5, 0.1, True)
+        assert y.shape == shape and invstd.shape == (0,)
+        gx, gw, gb = be.batch_norm_backward(np.zeros(shape), xhat, invstd, np.ones(0), True)
+        assert gx.shape == shape and gw.shape == gb.shape == (0,)
+
+
 def test_wrappers_refuse_bad_input(emu):
     xp = emu.xp
     x = xp.ones((4, 3, 2), dtype=np.float32)

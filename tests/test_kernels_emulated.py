@@ -372,6 +372,49 @@ def test_softmax_xent_minus_infinity_logit_without_smoothing(emu, cpu):
         np.testing.assert_allclose(loss, [np.log1p(np.e)], rtol=1e-12)   # not 0 * inf = NaN
 
 
+@pytest.mark.parametrize("z,label", [([[3e38, 3e38, 0.0]], 2), ([[3e38, 3e38, -np.inf]], 0),
+                                     ([[3e38, -3e38, 0.0]], 0)])
+def test_softmax_xent_smoothing_next_to_overflowing_logits(emu, cpu, z, label):
+    """The smoothing term is the mean of max - z_j (the mean of the logits
+    themselves overflowed: a loss of -inf once), and the CPU says nothing."""
+    import warnings
+    z = np.array(z, np.float32)
+    lab = np.array([label])
+    with np.errstate(all="ignore"):
+        want = emu.softmax_cross_entropy_forward(z, lab, 0.1)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = cpu.softmax_cross_entropy_forward(z, lab, 0.1)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert got[0] > 0
+
+
+def test_max_pool_backward_of_non_finite_gradients_goes_to_the_argmax_alone(emu, cpu):
+    """Windows that tile the input: a NaN or inf gradient reaches its argmax,
+    not (as 0 * NaN) the whole window."""
+    x = np.array([[[[1, 2], [3, 4]]]], np.float32)
+    for bad in (np.nan, np.inf):
+        gy = np.full((1, 1, 1, 1), bad, np.float32)
+        for be in (emu, cpu):
+            _, am = be.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0))
+            gx = be.max_pool2d_backward(gy, am, x.shape, (2, 2), (2, 2), (0, 0))
+            np.testing.assert_array_equal(gx.ravel()[:3], [0, 0, 0])
+            assert not np.isfinite(gx.ravel()[3])
+
+
+def test_cpu_pooling_and_softmax_say_nothing_about_infinities(cpu):
+    import warnings
+    x = np.array([[[[3e38, 3e38], [np.inf, -np.inf]]]], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y, am = cpu.max_pool2d_forward(x, (1, 2), (1, 2), (0, 0))
+        cpu.max_pool2d_backward(np.ones_like(y), am, x.shape, (1, 2), (1, 2), (0, 0))
+        cpu.avg_pool2d_backward(np.full_like(cpu.avg_pool2d_forward(x, (1, 2), (1, 2), (0, 0), True), np.inf),
+                                x.shape, (1, 2), (1, 2), (0, 0), True)
+        lse = cpu.softmax_cross_entropy_forward(x.reshape(2, 2), np.array([0, 1]), 0.1)[1]
+        cpu.softmax_cross_entropy_backward(x.reshape(2, 2), np.array([0, 1]), lse, np.ones(2, np.float32), 0.1)
+
+
 def test_softmax_xent_bad_label_gives_nan_not_a_crash(emu):
     z = np.zeros((3, 4), np.float32)
     loss, lse = emu.softmax_cross_entropy_forward(z, np.array([0, 4, -1]), 0.0)

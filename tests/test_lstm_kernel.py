@@ -110,6 +110,21 @@ def test_saturated_gates_stay_finite(backend, emu):
 
 
 @pytest.mark.parametrize("backend", ["cpu", "emulated"])
+def test_small_sigmoids_keep_their_relative_precision(backend, emu):
+    """sigmoid(-17) is 4.14e-8, not 0 or 6e-8 (cancellation in 0.5 tanh(x/2) + 0.5):
+    a large cell state multiplies it."""
+    be = cpu if backend == "cpu" else emu
+    x = np.array([-10.0, -17.0, -40.0, -80.0], np.float32)
+    gates = np.zeros((4, 4), np.float32)
+    gates[:, 1] = x                                   # the forget gate
+    c_prev = np.full((4, 1), 1e30, np.float32)
+    h, c, saved = be.lstm_cell_forward(gates, c_prev)
+    want = 1 / (1 + np.exp(-x.astype(np.float64)))
+    np.testing.assert_allclose(saved[1, :, 0], want, rtol=1e-6)
+    np.testing.assert_allclose(c[:, 0], want * 1e30, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "emulated"])
 def test_out_buffers_are_written_and_returned(backend, emu):
     be = cpu if backend == "cpu" else emu
     N, H = 4, 6

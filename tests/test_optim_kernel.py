@@ -114,6 +114,24 @@ def test_a_strided_parameter_is_updated_in_place(emu):
     np.testing.assert_allclose(p, want, rtol=1e-15)
 
 
+def test_float32_moments_take_one_minus_beta_from_the_host(emu):
+    """1 - beta2 in float32 arithmetic is 1.00017e-4 for beta2 = 0.9999; the
+    host's double gives PyTorch's 1e-4, on both devices.  An amsgrad maximum
+    keeps a NaN, as torch.maximum does."""
+    for be in (emu, cpu):
+        p, g, m, v = (np.zeros(3, np.float32) for _ in range(4))
+        g += 1
+        v_max = np.array([np.nan, 0.0, 1.0], np.float32)
+        be.adam_update(p, g, m, v, v_max, 1e-3, 0.9, 0.9999, 1e-8, 0.0, False, False, 1)
+        np.testing.assert_allclose(v, np.float32(1.0 - 0.9999), rtol=1e-7)
+        np.testing.assert_allclose(m, np.float32(1.0 - 0.9), rtol=1e-7)
+        assert np.isnan(v_max[0]) and v_max[1:].tolist() == [np.float32(1e-4), 1.0]
+        assert np.isnan(p[0]) and np.isfinite(p[1:]).all()
+        p, g, v = np.zeros(3, np.float32), np.ones(3, np.float32), np.zeros(3, np.float32)
+        be.rmsprop_update(p, g, v, None, None, 0.01, 0.99, 1e-8, 0.0, 0.0, False)
+        np.testing.assert_allclose(v, np.float32(1.0 - 0.99), rtol=1e-7)
+
+
 def test_wrappers_refuse_bad_input(emu):
     xp = emu.xp
     p = xp.ones((3, 2), dtype=np.float32)
@@ -126,7 +144,7 @@ def test_wrappers_refuse_bad_input(emu):
     with pytest.raises(ValueError, match=r"adam_update v: expected the parameter's shape \(3, 2\), got \(6,\)"):
         emu.adam_update(p, p.copy(), p.copy(), xp.ones(6, dtype=np.float32), None, 0.1, 0.9, 0.99,
                         1e-8, 0.0, False, False, 1)
-    with pytest.raises(ValueError, match="with momentum, its buffer"):
+    with pytest.raises(ValueError, match="momentum=0.9 needs its buffer buf, got None"):
         emu.rmsprop_update(p, p.copy(), p.copy(), None, None, 0.1, 0.9, 1e-8, 0.0, 0.9, False)
     with pytest.raises(TypeError, match="rmsprop_update p is float32 but rmsprop_update v is float64"):
         emu.rmsprop_update(p, p.copy(), xp.ones((3, 2)), None, None, 0.1, 0.9, 1e-8, 0.0, 0.0, False)

@@ -46,6 +46,7 @@ Softmax cross-entropy
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import threading
@@ -79,6 +80,17 @@ _CHUNK = 8
 
 # ---------------------------------------------------------------------------
 # small helpers
+
+def _quiet(fn):
+    """Run a kernel-level op without NumPy's floating-point warnings: like
+    the CUDA kernels (and PyTorch), an inf or NaN in the data is a value,
+    not an event."""
+    @functools.wraps(fn)
+    def quiet(*args, **kwargs):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            return fn(*args, **kwargs)
+    return quiet
+
 
 def _float_dtype(*arrays):
     dt = np.result_type(*arrays)
@@ -1065,6 +1077,7 @@ def _pool_setup(x_shape, kernel, stride, padding):
     return kernel, stride, padding, N, C, H, W, Ho, Wo
 
 
+@_quiet
 def max_pool2d_forward(x, kernel, stride, padding):
     """Max pooling; returns ``(y, argmax)`` with PyTorch's index semantics."""
     kernel, stride, padding, N, C, H, W, Ho, Wo = _pool_setup(x.shape, kernel, stride, padding)
@@ -1126,11 +1139,15 @@ def max_pool2d_forward(x, kernel, stride, padding):
     return y, arg
 
 
+@_quiet
 def max_pool2d_backward(gy, argmax, x_shape, kernel, stride, padding):
     """Scatter ``gy`` to the argmax positions; overlapping windows add up."""
     kernel, stride, padding, N, C, H, W, Ho, Wo = _pool_setup(x_shape, kernel, stride, padding)
     dt = gy.dtype if gy.dtype.kind == "f" else np.dtype(np.float64)
-    if not _tiles(H, W, Ho, Wo, kernel, stride, padding):
+    finite = bool(np.isfinite(np.add.reduce(gy, axis=None))) if gy.size else True
+    # (the tiling path multiplies by a 0/1 mask: a non-finite gradient would
+    # reach the whole window, 0 * inf = NaN; the scatter gives it to the argmax alone)
+    if not finite or not _tiles(H, W, Ho, Wo, kernel, stride, padding):
         # Any other window layout: one scatter-add over flat indices
         # (bincount sums in float64, in a fixed order: deterministic).
         if gy.size == 0:
@@ -1169,6 +1186,7 @@ def _avg_divisor(H, W, Ho, Wo, kernel, stride, padding, count_include_pad, dt):
     return (1.0 / (nh[:, None] * nw[None, :])).astype(dt)
 
 
+@_quiet
 def avg_pool2d_forward(x, kernel, stride, padding, count_include_pad):
     """Average pooling with PyTorch semantics (ceil_mode=False)."""
     kernel, stride, padding, N, C, H, W, Ho, Wo = _pool_setup(x.shape, kernel, stride, padding)
@@ -1195,6 +1213,7 @@ def avg_pool2d_forward(x, kernel, stride, padding, count_include_pad):
     return y
 
 
+@_quiet
 def avg_pool2d_backward(gy, x_shape, kernel, stride, padding, count_include_pad):
     """Gradient of :func:`avg_pool2d_forward`; overlapping windows add up."""
     kernel, stride, padding, N, C, H, W, Ho, Wo = _pool_setup(x_shape, kernel, stride, padding)
@@ -1224,6 +1243,7 @@ def avg_pool2d_backward(gy, x_shape, kernel, stride, padding, count_include_pad)
 # ---------------------------------------------------------------------------
 # softmax cross-entropy
 
+@_quiet
 def softmax_cross_entropy_forward(logits, labels, label_smoothing):
     """Per-row loss and log-sum-exp of ``logits`` (N, C) against ``labels``."""
     z = logits if logits.dtype.kind == "f" else logits.astype(np.float64)
@@ -1245,11 +1265,13 @@ def softmax_cross_entropy_forward(logits, labels, label_smoothing):
     if eps:
         # (1 - eps) * (lse - z_y) + eps * mean_j (lse - z_j)
         loss *= dt.type(1.0 - eps)
-        loss += dt.type(eps) * (m - z.mean(axis=1, dtype=dt))
+        # the mean of m - z_j, not m - mean(z): a sum of huge logits overflows
+        loss += dt.type(eps) * np.subtract(m[:, None], z).mean(axis=1, dtype=dt)
     loss += ls
     return loss.astype(dt, copy=False), lse.astype(dt, copy=False)
 
 
+@_quiet
 def softmax_cross_entropy_backward(logits, labels, lse, gloss, label_smoothing):
     """d loss / d logits = gloss * (softmax - target distribution)."""
     z = logits if logits.dtype.kind == "f" else logits.astype(np.float64)

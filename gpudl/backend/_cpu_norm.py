@@ -7,6 +7,8 @@ sums of the (N * C, L) view, and the per-channel dot products as one
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._shared import move_running_stats
@@ -15,16 +17,17 @@ from ._shared import move_running_stats
 def _channel_sum(a):
     """Per-channel sum of (N, C, ...) as contiguous row sums."""
     n, c = a.shape[:2]
-    if a.ndim == 2:
-        return a.sum(axis=0)
+    if a.ndim == 2 or a.size == 0:      # (no (N * C, -1) view of an empty array)
+        return a.reshape(n, c, math.prod(a.shape[2:])).sum(axis=(0, 2))
     return a.reshape(n * c, -1).sum(axis=1).reshape(n, c).sum(axis=0)
 
 
 def _channel_dot(a, b):
     """Per-channel sum of a * b without a full-size temporary."""
     n, c = a.shape[:2]
-    if a.ndim == 2:
-        return np.einsum("nc,nc->c", a, b)
+    if a.ndim == 2 or a.size == 0:
+        L = math.prod(a.shape[2:])
+        return np.einsum("ncl,ncl->c", a.reshape(n, c, L), b.reshape(n, c, L))
     return np.einsum("ij,ij->i", a.reshape(n * c, -1), b.reshape(n * c, -1)).reshape(n, c).sum(axis=0)
 
 
@@ -58,7 +61,7 @@ def batch_norm_backward(g, xhat, invstd, weight, use_batch_stats, need=(True, Tr
     if need_x:
         a = invstd if weight is None else invstd * weight.astype(g.dtype, copy=False)
         gx = g * a.reshape(shape)
-        if use_batch_stats:
+        if use_batch_stats and g.size:
             m = g.size // g.shape[1]
             gx -= xhat * (a * sgx / m).reshape(shape)
             gx -= (a * sg / m).reshape(shape)

@@ -756,19 +756,20 @@ class _Backend:
         wd = 0.0 if decoupled else weight_decay
         decay = 1.0 - lr * weight_decay if decoupled else 1.0
         self._update("adam_update", p, g, [("m", m), ("v", v), ("v_max", v_max)],
-                     lambda c: (c(beta1), c(beta2), c(eps), c(wd), c(decay),
-                                c(lr / (1 - beta1 ** step)), c(math.sqrt(1 - beta2 ** step)),
+                     lambda c: (c(beta1), c(1.0 - beta1), c(beta2), c(1.0 - beta2), c(eps), c(wd),
+                                c(decay), c(lr / (1 - beta1 ** step)), c(math.sqrt(1 - beta2 ** step)),
                                 numpy.int32(bool(maximize)), numpy.int32(v_max is not None)))
 
     def rmsprop_update(self, p, g, v, a, buf, lr, alpha, eps, weight_decay, momentum, maximize,
                        scratch=None):
-        if v is None or (momentum and buf is None):
-            raise ValueError("rmsprop_update: needs its square average"
-                             + (" and, with momentum, its buffer" if momentum else ""))
+        if v is None:
+            raise ValueError("rmsprop_update: needs its square average v, got None")
+        if momentum and buf is None:
+            raise ValueError(f"rmsprop_update: momentum={momentum} needs its buffer buf, got None")
         self._update("rmsprop_update", p, g,
                      [("v", v), ("a", a), ("buf", buf if momentum else None)],
-                     lambda c: (c(lr), c(alpha), c(eps), c(weight_decay), c(momentum),
-                                numpy.int32(bool(maximize)), numpy.int32(a is not None)))
+                     lambda c: (c(lr), c(alpha), c(1.0 - alpha), c(eps), c(weight_decay),
+                                c(momentum), numpy.int32(bool(maximize)), numpy.int32(a is not None)))
 
 
 def make_backend(xp, get_module, special, name, *, device_index=None):
