@@ -308,6 +308,66 @@ def test_losses_agree_with_torch_on_weights_smoothing_and_ignored_rows():
         close(gx.grad, tx.grad.numpy(), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_with_probability_targets(device, reduction, smoothing):
+    """Float targets of the input's shape: -sum_c w_c t_c log p_c, t smoothed
+    towards uniform; "mean" over the elements (PyTorch's formula)."""
+    x = rng.standard_normal((3, 4, 2))
+    tp = rng.random((3, 4, 2))
+    tp /= tp.sum(1, keepdims=True)
+    w = np.array([0.5, 1.0, 2.0, 1.5])
+    lp = x - np.log(np.exp(x).sum(1, keepdims=True))
+    ts = tp * (1 - smoothing) + smoothing / 4
+    per = -(lp * ts * w[None, :, None]).sum(1)
+    want = {"none": per, "sum": per.sum(), "mean": per.mean()}[reduction]
+    xt = t(x, device, requires_grad=True)
+    got = F.cross_entropy(xt, t(tp, device), t(w, device), reduction=reduction, label_smoothing=smoothing)
+    close(got, want, rtol=1e-12)
+    assert gradcheck(lambda a: F.cross_entropy(a, t(tp, device), t(w, device), reduction=reduction,
+                                               label_smoothing=smoothing), [xt])
+    with pytest.raises(ValueError, match="ignore_index=0 needs class-index targets"):
+        F.cross_entropy(xt, t(tp, device), ignore_index=0)
+
+
+def test_unbatched_and_extra_dimension_losses(device):
+    """(C,) logits with a 0-d target; NLL over (N, C, d1, d2) as cross-entropy does."""
+    x = rng.standard_normal(5)
+    lp = x - np.log(np.exp(x).sum())
+    got = F.cross_entropy(t(x, device), gpudl.tensor(3, device=device), reduction="none")
+    assert got.shape == () and abs(got.item() + lp[3]) < 1e-12
+    assert abs(F.nll_loss(t(lp, device), gpudl.tensor(3, device=device)).item() + lp[3]) < 1e-12
+    x4 = rng.standard_normal((2, 3, 2, 2))
+    lp4 = x4 - np.log(np.exp(x4).sum(1, keepdims=True))
+    y4 = rng.integers(0, 3, (2, 2, 2))
+    per = -np.take_along_axis(lp4, y4[:, None], 1)[:, 0]
+    close(F.nll_loss(t(lp4, device), gpudl.tensor(y4, device=device), reduction="none"), per, rtol=1e-12)
+    close(F.nll_loss(t(lp4, device), gpudl.tensor(y4, device=device)), per.mean(), rtol=1e-12)
+
+
+def test_unbatched_images_same_padding_and_softmax_dtype(device):
+    """(C, H, W) input to conv and pooling as a batch of one; F.conv2d takes
+    'same' / 'valid'; softmax's dtype= casts first -- as PyTorch's functions do."""
+    x = rng.standard_normal((3, 7, 8))
+    w = rng.standard_normal((4, 3, 3, 2))
+    batched = F.conv2d(t(x[None], device), t(w, device), padding=(1, 0)).numpy()[0]
+    close(F.conv2d(t(x, device), t(w, device), padding=(1, 0)), batched, rtol=1e-12)
+    same = F.conv2d(t(x, device), t(w, device), padding="same")
+    assert same.shape == (4, 7, 8)
+    conv = nn.Conv2d(3, 4, (3, 2), padding="same", bias=False, dtype="float64").to(device)
+    conv.load_state_dict({"weight": w})
+    close(conv(t(x, device)), same.numpy(), rtol=1e-12)
+    assert F.conv2d(t(x, device), t(w, device), padding="valid").shape == (4, 5, 7)
+    for fn in (F.max_pool2d, F.avg_pool2d):
+        close(fn(t(x, device), 2), fn(t(x[None], device), 2).numpy()[0], rtol=1e-12)
+    close(F.adaptive_avg_pool2d(t(x, device), 3), F.adaptive_avg_pool2d(t(x[None], device), 3).numpy()[0],
+          rtol=1e-12)
+    s = F.softmax(t(x[0], device, dtype=np.float32), 1, dtype="float64")
+    assert s.dtype == np.float64 and F.log_softmax(t(x[0], device, dtype=np.float32), dim=1).dtype == np.float32
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, C, H, W\) or \(C, H, W\)"):
+        F.conv2d(t(x[0], device), t(w, device))
+
+
 def test_multiclass_hinge_hand_computed(device):
     # CS231n's example: scores of three images over three classes
     s = t([[3.2, 5.1, -1.7], [1.3, 4.9, 2.0], [2.2, 2.5, -3.1]], device)
@@ -392,8 +452,8 @@ def test_batch_norm(device, shape):
 def test_bad_input_gets_clear_errors(device):
     x = gpudl.zeros(2, 3, 8, 8, device=device)
     w = gpudl.zeros(4, 3, 3, 3, device=device)
-    with pytest.raises(ValueError, match=r"\(N, C, H, W\).*\(3, 8, 8\)"):
-        F.conv2d(x[0], w)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\) or \(C, H, W\).*\(8, 8\)"):
+        F.conv2d(x[0, 0], w)
     with pytest.raises(ValueError, match="3 channels.*expects 6"):
         F.conv2d(x, gpudl.zeros(4, 6, 3, 3, device=device))
     with pytest.raises(ValueError, match="larger than the padded input"):

@@ -14,7 +14,7 @@ import numpy
 
 from ..creation import empty, zeros, ones
 from ..tensor import as_dtype, Tensor
-from ..ops.conv import _pair as _checked_pair
+from ..ops.conv import _pair as _checked_pair, same_padding
 from ..ops._util import only_supported as _only
 from ..ops.loss import _reduction as _legacy_reduction
 from . import functional as F
@@ -119,18 +119,10 @@ class Conv2d(Module):
         _only(name, padding_mode=(padding_mode, "zeros"))
         self.padding_mode = padding_mode
         self._pre_pad = None   # F.pad widths for an uneven 'same'
-        if padding == "valid":
-            self.padding, self._conv_padding = padding, (0, 0)
-        elif padding == "same":
-            if self.stride != (1, 1):
-                raise ValueError(f"{name}: padding='same' needs stride 1, got stride={stride!r}")
-            totals = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
-            self.padding, self._conv_padding = padding, tuple(t // 2 for t in totals)
-            if any(t % 2 for t in totals):
-                (th, tw), (ph, pw) = totals, self._conv_padding
-                self._pre_pad, self._conv_padding = (pw, tw - pw, ph, th - ph), (0, 0)
-        elif isinstance(padding, str):
-            raise ValueError(f"{name}: expected padding to be an int, a pair, 'valid' or 'same', got {padding!r}")
+        if isinstance(padding, str):
+            self.padding = padding
+            self._pre_pad, self._conv_padding = same_padding(padding, self.kernel_size, self.stride,
+                                                             self.dilation, name)
         else:
             self.padding = self._conv_padding = _pair(padding, "padding", name, 0)
         dt = _float_dtype(dtype, name)

@@ -176,13 +176,26 @@ def _softmax_dim(x, dim, op):
     return norm_axis(dim, x.ndim, op)[0]
 
 
-def softmax(x, dim=None):
-    """Softmax along ``dim`` (None: PyTorch's legacy default, with a warning)."""
+def _cast_first(x, dtype, op):
+    """PyTorch's ``dtype=``: the input is cast before the operation."""
+    if dtype is None:
+        return x
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op}: expected a Tensor, got {type(x).__name__}")
+    from .math import astype
+    return astype(x, dtype)
+
+
+def softmax(x, dim=None, _stacklevel=3, dtype=None):
+    """Softmax along ``dim`` (None: PyTorch's legacy default, with a warning);
+    ``dtype``: cast the input first (PyTorch's signature)."""
+    x = _cast_first(x, dtype, "softmax")
     return Softmax.apply(_float(x, "softmax"), _softmax_dim(x, dim, "softmax"))
 
 
-def log_softmax(x, dim=None):
-    """log(softmax) along ``dim``, computed stably; None as :func:`softmax`."""
+def log_softmax(x, dim=None, _stacklevel=3, dtype=None):
+    """log(softmax) along ``dim``, computed stably; None and ``dtype`` as :func:`softmax`."""
+    x = _cast_first(x, dtype, "log_softmax")
     return LogSoftmax.apply(_float(x, "log_softmax"), _softmax_dim(x, dim, "log_softmax"))
 
 

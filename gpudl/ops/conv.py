@@ -28,7 +28,8 @@ def _check_image(x, op, what="input"):
     if not isinstance(x, Tensor):
         raise TypeError(f"{op}: expected {what} to be a Tensor, got {type(x).__name__}")
     if x.ndim != 4:
-        raise ValueError(f"{op}: expected {what} of shape (N, C, H, W), got {x.shape}")
+        shapes = "(N, C, H, W) or (C, H, W)" if what == "input" else "(N, C, H, W)"
+        raise ValueError(f"{op}: expected {what} of shape {shapes}, got {x.shape}")
     if x.dtype.kind != "f":
         raise TypeError(f"{op}: expected a floating-point {what}, got {x.dtype}")
 
@@ -52,14 +53,46 @@ class Conv2d(Function):
         return gx, gw, gb, None, None, None, None
 
 
+def same_padding(padding, kernel_size, stride, dilation, op):
+    """'valid' / 'same' as (F.pad widths to apply first or None, the conv's own
+    padding).  'same' keeps the input's size (stride 1 only); when a dilated
+    kernel's extent is even the right/bottom get the extra row, as in PyTorch."""
+    if padding == "valid":
+        return None, (0, 0)
+    if padding != "same":
+        raise ValueError(f"{op}: expected padding to be an int, a pair, 'valid' or 'same', got {padding!r}")
+    if tuple(stride) != (1, 1):
+        raise ValueError(f"{op}: padding='same' needs stride 1, got stride={tuple(stride)!r}")
+    totals = [d * (k - 1) for d, k in zip(dilation, kernel_size)]
+    conv = tuple(t // 2 for t in totals)
+    if any(t % 2 for t in totals):
+        (th, tw), (ph, pw) = totals, conv
+        return (pw, tw - pw, ph, th - ph), (0, 0)
+    return None, conv
+
+
+def _unbatched(fn, input, *args, **kwargs):
+    """``fn`` on a (C, H, W) input as a batch of one, as PyTorch takes it."""
+    out = fn(input.reshape((1,) + input.shape), *args, **kwargs)
+    return out.reshape(out.shape[1:])
+
+
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    """2-D cross-correlation of NCHW ``input`` with ``weight`` (C_out, C_in/groups, kH, kW)."""
+    """2-D cross-correlation of NCHW (or unbatched CHW) ``input`` with ``weight``
+    (C_out, C_in/groups, kH, kW); ``padding`` also 'valid' or 'same'."""
     op = "conv2d"
+    if isinstance(input, Tensor) and input.ndim == 3:
+        return _unbatched(conv2d, input, weight, bias, stride, padding, dilation, groups)
     _check_image(input, op)
     _check_image(weight, op, "weight")
     stride = _pair(stride, "stride", op, 1)
-    padding = _pair(padding, "padding", op, 0)
     dilation = _pair(dilation, "dilation", op, 1)
+    if isinstance(padding, str):
+        pre, padding = same_padding(padding, weight.shape[2:], stride, dilation, op)
+        if pre is not None:
+            from .shape import pad
+            input = pad(input, pre)
+    padding = _pair(padding, "padding", op, 0)
     if not isinstance(groups, numbers.Integral) or groups < 1:
         raise ValueError(f"{op}: expected groups to be a positive int, got {groups!r}")
     n, c, h, w_ = input.shape
@@ -124,6 +157,8 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     dilation, ceil_mode and return_indices only at their defaults."""
     only_supported("max_pool2d", dilation=(dilation, 1), ceil_mode=(ceil_mode, False),
                    return_indices=(return_indices, False))
+    if isinstance(input, Tensor) and input.ndim == 3:
+        return _unbatched(max_pool2d, input, kernel_size, stride, padding)
     kernel, stride, padding = _pool_args(input, kernel_size, stride, padding, "max_pool2d")
     return MaxPool2d.apply(input, kernel, stride, padding)
 
@@ -144,6 +179,8 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     """Mean over windows.  PyTorch's signature; ceil_mode and divisor_override
     only at their defaults."""
     only_supported("avg_pool2d", ceil_mode=(ceil_mode, False), divisor_override=(divisor_override, None))
+    if isinstance(input, Tensor) and input.ndim == 3:
+        return _unbatched(avg_pool2d, input, kernel_size, stride, padding, count_include_pad=count_include_pad)
     kernel, stride, padding = _pool_args(input, kernel_size, stride, padding, "avg_pool2d")
     return AvgPool2d.apply(input, kernel, stride, padding, bool(count_include_pad))
 
@@ -153,6 +190,8 @@ def adaptive_avg_pool2d(input, output_size):
     size); 1 is global average pooling.  PyTorch's windows: cell i of n
     over L averages [floor(i L / n), ceil((i + 1) L / n)), so they overlap
     when n does not divide L."""
+    if isinstance(input, Tensor) and input.ndim == 3:
+        return _unbatched(adaptive_avg_pool2d, input, output_size)
     _check_image(input, "adaptive_avg_pool2d")
     h, w = input.shape[2:]
     if isinstance(output_size, (tuple, list)) and len(output_size) == 2:

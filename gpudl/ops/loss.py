@@ -36,11 +36,11 @@ def _reduction(size_average, reduce, reduction, op):
     return reduction
 
 
-def _class_weight(weight, scores, op):
-    """``weight`` (C,) for the classes of ``scores`` (N, C), or None."""
+def _class_weight(weight, scores, op, dim=1):
+    """``weight`` (C,) for the classes of ``scores`` (classes along ``dim``), or None."""
     if weight is None:
         return None
-    c = scores.shape[1]
+    c = scores.shape[dim]
     if not isinstance(weight, Tensor):
         raise TypeError(f"{op}: expected weight to be a Tensor of {c} class weights, got {type(weight).__name__}")
     if weight.shape != (c,):
@@ -101,31 +101,54 @@ class SoftmaxCrossEntropy(Function):
         return ctx.backend.softmax_cross_entropy_backward(logits, labels, lse, g, ctx.smoothing), None, None
 
 
+def _rows(input, target, op):
+    """(N, C, d1, ...) logits with (N, d1, ...) targets as (N * d1 * ..., C)
+    rows, and the shape to give a per-element result back in (None: as is);
+    unbatched (C,) with a 0-d target as one row."""
+    if not isinstance(input, Tensor) or input.ndim == 2:
+        return input, target, None
+    if input.ndim == 1:
+        shape = ()
+        input = input.reshape(1, input.shape[0])
+        if isinstance(target, Tensor):
+            if target.shape != ():
+                raise ValueError(f"{op}: expected a 0-d target for unbatched input {input.shape[1:]}, "
+                                 f"got {target.shape}")
+            target = target.reshape(1)
+        return input, target, shape
+    c = input.shape[1]
+    shape = (input.shape[0],) + input.shape[2:]
+    input = input.permute(0, *range(2, input.ndim), 1).reshape(-1, c)
+    if isinstance(target, Tensor):
+        if target.shape != shape:
+            raise ValueError(f"{op}: expected target of shape {shape} for input "
+                             f"{(shape[0], c) + shape[1:]}, got {target.shape}")
+        target = target.reshape(-1)
+    return input, target, shape
+
+
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
                   reduction="mean", label_smoothing=0.0):
-    """Softmax cross-entropy of logits (N, C) against class indices (N,);
-    PyTorch's signature and formulas.
+    """Softmax cross-entropy of logits (N, C) against class indices (N,) or
+    class probabilities (N, C); PyTorch's signature and formulas.
 
     Extra dimensions (N, C, d1, ...) with target (N, d1, ...) are flattened
-    (``reduction="none"`` gives the loss back in the target's shape).
-    Rows whose target equals ``ignore_index`` contribute nothing; "mean"
-    averages over the others.  ``weight`` (C,) scales each row by its
-    class's weight, and "mean" then divides by the sum of those weights.
+    (``reduction="none"`` gives the loss back in the target's shape);
+    unbatched (C,) logits take a 0-d target.  Rows whose target equals
+    ``ignore_index`` contribute nothing; "mean" averages over the others.
+    ``weight`` (C,) scales each row by its class's weight, and "mean" then
+    divides by the sum of those weights.  Probability targets (floats, the
+    input's shape): ``-sum_c w_c t_c log p_c`` per element, smoothed towards
+    uniform by ``label_smoothing``; "mean" divides by the number of elements.
     """
     op = "cross_entropy"
     reduction = _reduction(size_average, reduce, reduction, op)
-    shape = None
-    if isinstance(input, Tensor) and input.ndim > 2:
-        c = input.shape[1]
-        shape = (input.shape[0],) + input.shape[2:]
-        input = input.permute(0, *range(2, input.ndim), 1).reshape(-1, c)
-        if isinstance(target, Tensor):
-            if target.shape != shape:
-                raise ValueError(f"{op}: expected target of shape {shape} for input "
-                                 f"{(shape[0], c) + shape[1:]}, got {target.shape}")
-            target = target.reshape(-1)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"{op}: expected 0 <= label_smoothing <= 1, got {label_smoothing}")
+    if (isinstance(input, Tensor) and isinstance(target, Tensor) and target.dtype.kind == "f"
+            and input.ndim >= 1 and target.shape == input.shape):
+        return _cross_entropy_probs(input, target, weight, ignore_index, reduction, label_smoothing, op)
+    input, target, shape = _rows(input, target, op)
     ignore = _check_target(input, target, op, ignore_index)
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"{op}: expected reduction 'mean', 'sum' or 'none', got {reduction!r}")
@@ -147,6 +170,34 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         smooth = _reduce_weighted(-(logp * w).sum(1), w, labels, ignore, reduction, op, scale=False)
         out = nll * (1.0 - e) + smooth * (e / c)
     return out.reshape(shape) if shape is not None and reduction == "none" else out
+
+
+def _cross_entropy_probs(input, target, weight, ignore_index, reduction, label_smoothing, op):
+    """Cross-entropy against class probabilities (PyTorch's formula)."""
+    if ignore_index != -100:
+        raise ValueError(f"{op}: ignore_index={ignore_index} needs class-index targets, got "
+                         f"probabilities (float {target.shape})")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"{op}: expected reduction 'mean', 'sum' or 'none', got {reduction!r}")
+    if target.device != input.device:
+        raise ValueError(f"{op}: input on {input.device}, target on {target.device}")
+    dim = 0 if input.ndim == 1 else 1
+    c = input.shape[dim]
+    logp = log_softmax(input, dim)
+    t = target if target.dtype == logp.dtype else M.astype(target, logp.dtype)
+    if label_smoothing:
+        t = t * (1.0 - label_smoothing) + label_smoothing / c
+    if weight is not None:
+        w = _class_weight(weight, logp, op, dim)
+        logp = logp * w.reshape((c,) + (1,) * (input.ndim - 1 - dim))
+    per = -(logp * t).sum(dim)
+    if reduction == "none":
+        return per
+    total = per.sum()
+    if reduction == "sum":
+        return total
+    n = input.numel() // c if c else 0
+    return total / n if n else total * float("nan")          # an empty mean is NaN, as in PyTorch
 
 
 def _pick(scores, labels):
@@ -229,9 +280,16 @@ def multiclass_hinge_loss(input, target, margin=1.0, reduction="mean"):
 def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
              reduction="mean"):
     """Negative log-likelihood of log-probabilities (N, C) at class indices (N,);
-    PyTorch's signature.  ``weight`` as in :func:`cross_entropy`."""
+    PyTorch's signature.  ``weight``, extra dimensions and unbatched input as
+    in :func:`cross_entropy`."""
     op = "nll_loss"
     reduction = _reduction(size_average, reduce, reduction, op)
+    input, target, shape = _rows(input, target, op)
+    out = _nll_rows(input, target, weight, ignore_index, reduction, op)
+    return out.reshape(shape) if shape is not None and reduction == "none" else out
+
+
+def _nll_rows(input, target, weight, ignore_index, reduction, op):
     ignore = _check_target(input, target, op, ignore_index)
     w = _class_weight(weight, input, op)
     labels = _labels(target, ignore)
