@@ -198,6 +198,34 @@ def test_integer_and_bool_promotion(device):
     assert gpudl.tensor([True, False], device=device).sum().item() == 1
 
 
+def test_mixed_indices_follow_pytorchs_order(device):
+    """Integers select first, then index arrays: x[0, :, [0, 1]] is (3, 2), as in
+    PyTorch (NumPy gives (2, 3)); reading, writing and the gradient agree."""
+    base = np.arange(24.0).reshape(2, 3, 4)
+    x = t(base, device, requires_grad=True)
+    for idx, want in (((0, slice(None), [0, 1]), base[0][:, [0, 1]]),
+                      ((0, None, [1, 1]), base[0][None][:, [1, 1]]),
+                      ((slice(None), 1, [0, 2, 3]), base[:, 1][:, [0, 2, 3]]),
+                      ((1, Ellipsis, [0, 3]), base[1][..., [0, 3]]),
+                      ((gpudl.tensor(1, device=device), slice(None), [0, 1]), base[1][:, [0, 1]]),
+                      ((0, slice(None), gpudl.tensor([True, False, True, False], device=device)),
+                       base[0][:, [0, 2]])):
+        close(x[idx], want, rtol=0)
+    w = rng.standard_normal((3, 2))
+    (x[0, :, [0, 1]] * t(w, device)).sum().backward()
+    g = np.zeros_like(base)
+    g[0][:, [0, 1]] = w
+    close(x.grad, g, rtol=1e-12)
+    y = t(base.copy(), device)
+    y[0, :, [0, 1]] = t(np.arange(6.0).reshape(3, 2), device)
+    want = base.copy()
+    want[0][:, [0, 1]] = np.arange(6.0).reshape(3, 2)
+    close(y, want, rtol=0)
+    z = gpudl.zeros(2, 2, device=device)
+    z[1, 1].copy_(gpudl.tensor(5.0, device=device))      # a view, as in PyTorch
+    assert z.tolist() == [[0, 0], [0, 5]]
+
+
 def test_setitem_and_clone(device):
     x = gpudl.zeros(2, 3, device=device)
     x[0, 1:] = 5.0

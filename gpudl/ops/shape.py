@@ -191,6 +191,41 @@ def _is_array_index(i):
     return hasattr(i, "dtype") and hasattr(i, "shape")
 
 
+def _torch_order(parts, ndim):
+    """PyTorch's reading of an index, as one or two NumPy indices.
+
+    PyTorch applies integers (and 0-d integer tensors) as plain selections
+    first, then the index arrays; NumPy counts an integer as one more
+    advanced index, which moves the arrays' dimensions to the front when a
+    slice stands between them (``x[0, :, [0, 1]]``: (2, 3) in NumPy, (3, 2)
+    in PyTorch).  Returns ``[index]`` or ``[selections, arrays]``."""
+    parts = tuple(int(p) if _is_array_index(p) and p.ndim == 0 and p.dtype.kind in "iu" else p
+                  for p in parts)
+    ints = [k for k, p in enumerate(parts) if isinstance(p, numbers.Integral) and not isinstance(p, bool)]
+    arrays = [k for k, p in enumerate(parts) if _is_array_index(p)]
+    if not arrays:
+        if len(ints) == ndim == len(parts):
+            return [parts + (Ellipsis,)]       # a 0-d view, as PyTorch's x[i, j], not a copy
+        return [parts]
+    if not ints:
+        return [parts]
+    first, second = [], []
+    for k, p in enumerate(parts):
+        if k in ints:
+            first.append(p)
+        elif _is_array_index(p):
+            n = p.ndim if p.dtype.kind == "b" else 1
+            first.extend([slice(None)] * n)
+            second.append(p)
+        elif p is Ellipsis:
+            first.append(p)
+            second.append(p)
+        else:                                  # a slice or None: applied first, kept whole after
+            first.append(p)
+            second.append(slice(None))
+    return [tuple(first), tuple(second)]
+
+
 class GetItem(Function):
     @staticmethod
     def forward(ctx, x, idx):
@@ -212,7 +247,9 @@ class GetItem(Function):
 def getitem(x, idx):
     idx = _convert_index(idx, x)
     try:
-        return GetItem.apply(x, idx)
+        for part in _torch_order(idx if isinstance(idx, tuple) else (idx,), x.ndim):
+            x = GetItem.apply(x, part)
+        return x
     except IndexError as e:
         raise IndexError(f"index: {e} (tensor of shape {x.shape})") from None
 
@@ -234,7 +271,11 @@ def setitem(x, idx, value):
     elif value is None:
         raise TypeError("setitem: expected a number, an array or a Tensor as the value, got None")
     try:
-        x.data[idx] = value
+        steps = _torch_order(idx if isinstance(idx, tuple) else (idx,), x.ndim)
+        target = x.data
+        for part in steps[:-1]:
+            target = target[part]              # plain selections: a view
+        target[steps[-1]] = value
     except (IndexError, ValueError) as e:
         raise type(e)(f"setitem: {e} (tensor of shape {x.shape})") from None
 
