@@ -57,7 +57,7 @@ def main():
         loss.backward()
         with gpudl.no_grad():
             for q in params:
-                q.data -= args.lr * q.grad.data
+                q -= args.lr * q.grad            # in place, as in PyTorch
         if step % 500 == 0:
             acc = (scores.argmax(1) == y).numpy().mean()
             print(f"step {step:5d}  loss {loss.item():.4f}  train accuracy {acc:.3f}")

@@ -350,3 +350,57 @@ def test_relu_passes_the_gradient_at_nan(device):
     x = t([np.nan, -1.0, 0.0, 2.0], device, requires_grad=True)
     gpudl.relu(x).sum().backward()
     np.testing.assert_array_equal(x.grad.numpy(), [1.0, 0.0, 0.0, 1.0])
+
+
+def test_in_place_operators_write_into_the_tensor(device):
+    """x -= ... under no_grad updates x (and what views it), as in PyTorch: a
+    hand-written SGD loop trains; a leaf that requires grad is refused while
+    recording; a recorded non-leaf computes out of place and keeps its gradient."""
+    w = gpudl.tensor([1.0, -2.0], device=device, requires_grad=True)
+    params = [w]
+    for _ in range(3):
+        w.grad = None
+        ((w * w).sum() / 2).backward()
+        with gpudl.no_grad():
+            for p in params:
+                p -= 0.25 * p.grad
+    close(w, [1.0 * 0.75 ** 3, -2.0 * 0.75 ** 3], rtol=1e-6)
+    assert w.requires_grad and w.grad_fn is None
+    y = gpudl.zeros(2, 3, device=device)
+    row = y[0]
+    row += 1
+    row *= 3
+    assert y.tolist() == [[3, 3, 3], [0, 0, 0]]
+    with pytest.raises(RuntimeError, match="leaf tensor that requires grad cannot be changed in place"):
+        w += 1
+    a = gpudl.tensor([1.0, 2.0], device=device, requires_grad=True)
+    b = a * 2
+    b += a                                      # recorded: b = b + a
+    b.sum().backward()
+    assert a.grad.tolist() == [3.0, 3.0]
+    i = gpudl.tensor([1, 2], device=device)
+    i += 1
+    assert i.tolist() == [2, 3] and i.dtype == np.int64
+    with pytest.raises(TypeError, match="float64, which cannot be stored in place in a tensor of int64"):
+        i /= 2
+    with pytest.raises(ValueError, match=r"shape \(2, 2\) cannot be written in place into shape \(2,\)"):
+        i += gpudl.ones(2, 2, device=device, dtype="int64")
+
+
+def test_in_place_methods(device):
+    x = gpudl.ones(3, device=device)
+    assert x.add_(gpudl.tensor([1.0, 2.0, 3.0], device=device), alpha=-2) is x
+    assert x.tolist() == [-1.0, -3.0, -5.0]
+    x.sub_(1).mul_(2).div_(4)
+    assert x.tolist() == [-1.0, -2.0, -3.0]
+    x.clamp_(min=-2.5, max=-1.5)
+    assert x.tolist() == [-1.5, -2.0, -2.5]
+    x.fill_(gpudl.tensor(7.0, device=device))
+    assert x.tolist() == [7.0, 7.0, 7.0]
+    w = gpudl.ones(2, device=device, requires_grad=True)
+    with pytest.raises(RuntimeError, match="in-place"):
+        w.add_(1)
+    with gpudl.no_grad():
+        w.add_(1)
+        w.clamp_(max=1.5)
+    assert w.tolist() == [1.5, 1.5]

@@ -18,6 +18,7 @@ from .shape import (  # noqa: F401
 from .activation import (  # noqa: F401
     relu, leaky_relu, sigmoid, tanh, gelu, softmax, log_softmax, dropout,
 )
+from .inplace import install as install_inplace
 
 
 def _swap(fn):
@@ -74,6 +75,7 @@ def _install():
     T.expand_as = lambda self, other: expand(self, other.shape)
     T.view_as = lambda self, other: reshape(self, other.shape)
     T.reshape_as = lambda self, other: reshape(self, other.shape)
+    install_inplace(T)
 
 
 def _logical_not(x):

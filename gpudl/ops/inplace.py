@@ -1,0 +1,130 @@
+"""In-place arithmetic: ``x += y`` and ``add_``, ``sub_``, ``mul_``, ``div_``,
+``fill_``, ``clamp_``, with PyTorch's rules.
+
+gpudl's autograd records no in-place operations (there are no version
+counters), so:
+
+- with nothing to record (grad mode off, or no tensor involved requires
+  grad) the write goes into the tensor's storage, views included, as in
+  PyTorch -- a hand-written ``with no_grad(): p -= lr * p.grad`` updates p;
+- a leaf that requires grad is refused, as in PyTorch;
+- otherwise the *operators* (``+=``, ...) compute out of place and rebind
+  the name, which autograd does record (other references to the old tensor
+  keep its old value), and the *methods* are refused with a clear error.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy
+
+from .. import autograd
+from ..tensor import Tensor
+from . import math as M
+
+
+def _recording(x, other=None):
+    return autograd.is_grad_enabled() and (
+        x.requires_grad or (isinstance(other, Tensor) and other.requires_grad))
+
+
+def _leaf_refused(x, op):
+    if autograd.is_grad_enabled() and x.requires_grad and x.grad_fn is None:
+        raise RuntimeError(f"{op}: a leaf tensor that requires grad cannot be changed in place (as in "
+                           f"PyTorch); do it under gpudl.no_grad(), or on .data / .detach()")
+
+
+def _operand(x, other, op):
+    """``other`` as an array or scalar of x's backend, checked to fit x in place."""
+    if isinstance(other, Tensor):
+        if other.device != x.device:
+            raise ValueError(f"{op}: the tensor is on {x.device}, the operand on {other.device}")
+        val, dt, shape = other.data, other.dtype, other.shape
+    elif isinstance(other, (numbers.Number, numpy.number, numpy.bool_)):
+        val, dt, shape = other, numpy.result_type(x.dtype, other), ()
+    else:
+        raise TypeError(f"{op}: expected a Tensor or a number, got {type(other).__name__}")
+    try:
+        fits = numpy.broadcast_shapes(x.shape, shape) == x.shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"{op}: an operand of shape {shape} cannot be written in place into shape {x.shape}")
+    return val, numpy.result_type(x.dtype, dt)
+
+
+def _write(x, ufunc, other, op, true_divide=False):
+    val, res = _operand(x, other, op)
+    if true_divide and res.kind in "biu":
+        res = numpy.dtype(numpy.float64)
+    if not numpy.can_cast(res, x.dtype, "same_kind"):
+        raise TypeError(f"{op}: the result would be {res}, which cannot be stored in place in a "
+                        f"tensor of {x.dtype} (as in PyTorch); use the out-of-place operator")
+    getattr(x.device.backend.xp, ufunc)(x.data, val, out=x.data)
+    return x
+
+
+def _operator(op, ufunc, out_of_place, true_divide=False):
+    def iop(self, other):
+        _leaf_refused(self, op)
+        if _recording(self, other):
+            return out_of_place(self, other)       # recorded; rebinds the name
+        return _write(self, ufunc, other, op, true_divide)
+    iop.__name__ = f"__i{ufunc}__"
+    return iop
+
+
+def _method(name, ufunc, true_divide=False, with_alpha=False):
+    def method(self, other, *, alpha=1):
+        self._check_inplace(name, other)
+        if with_alpha and alpha != 1:
+            if not isinstance(alpha, numbers.Number):
+                raise TypeError(f"{name}: expected alpha to be a number, got {type(alpha).__name__}")
+            other = other * alpha
+        return _write(self, ufunc, other, name, true_divide)
+    method.__name__ = name
+    method.__doc__ = f"In place: ``self = self {ufunc} other``{' * alpha' if with_alpha else ''}; returns self."
+    return method
+
+
+def fill_(self, value):
+    """Every element set to ``value`` (a number or a 0-d tensor), in place."""
+    self._check_inplace("fill_", value)
+    if isinstance(value, Tensor):
+        if value.ndim:
+            raise ValueError(f"fill_: expected a number or a 0-d tensor, got shape {value.shape}")
+        value = value.item()
+    _operand(self, value, "fill_")
+    self.data[...] = value
+    return self
+
+
+def clamp_(self, min=None, max=None):
+    """Elements limited to [min, max], in place."""
+    self._check_inplace("clamp_")
+    if min is None and max is None:
+        raise ValueError("clamp_: expected at least one of min and max")
+    for bound in (min, max):
+        if bound is not None:
+            _, res = _operand(self, bound, "clamp_")
+            if not numpy.can_cast(res, self.dtype, "same_kind"):
+                raise TypeError(f"clamp_: a {res} bound cannot limit a tensor of {self.dtype} in place")
+    xp = self.device.backend.xp
+    if min is not None:
+        xp.maximum(self.data, min.data if isinstance(min, Tensor) else min, out=self.data)
+    if max is not None:
+        xp.minimum(self.data, max.data if isinstance(max, Tensor) else max, out=self.data)
+    return self
+
+
+def install(T):
+    T.__iadd__ = _operator("+=", "add", M.add)
+    T.__isub__ = _operator("-=", "subtract", M.sub)
+    T.__imul__ = _operator("*=", "multiply", M.mul)
+    T.__itruediv__ = _operator("/=", "true_divide", M.div, true_divide=True)
+    T.add_ = _method("add_", "add", with_alpha=True)
+    T.sub_ = _method("sub_", "subtract", with_alpha=True)
+    T.mul_ = _method("mul_", "multiply")
+    T.div_ = _method("div_", "true_divide", true_divide=True)
+    T.fill_ = fill_
+    T.clamp_ = clamp_
