@@ -167,10 +167,12 @@ def test_pooling_takes_pytorchs_positional_arguments(device):
     different answer); options not implemented are refused by name."""
     x = t(np.arange(25.0).reshape(1, 1, 5, 5), device)
     close(F.avg_pool2d(x, 3, 2, 1, False), F.avg_pool2d(x, 3, 2, 1, count_include_pad=True), rtol=1e-12)
+    close(F.max_pool2d(x, 2, 2, 0, (1, 1)), F.max_pool2d(x, 2), rtol=0)     # the default, spelled out
+    assert nn.MaxPool2d(2, dilation=(1, 1))(x).shape == (1, 1, 2, 2)
     close(F.avg_pool2d(x, 3, 2, 1, False, False)[0, 0, 0], [3.0, 4.5, 6.0], rtol=1e-12)
     for call, name in ((lambda: F.avg_pool2d(x, 2, 2, 0, True), "ceil_mode=True"),
                        (lambda: F.avg_pool2d(x, 2, divisor_override=3), "divisor_override=3"),
-                       (lambda: F.max_pool2d(x, 2, 2, 0, 2), "dilation=2"),
+                       (lambda: F.max_pool2d(x, 2, 2, 0, 2), r"dilation=\(2, 2\)"),
                        (lambda: F.max_pool2d(x, 2, 2, 0, 1, True), "ceil_mode=True"),
                        (lambda: F.max_pool2d(x, 2, return_indices=True), "return_indices=True")):
         with pytest.raises(ValueError, match=f"{name} is not supported"):
@@ -520,3 +522,48 @@ def test_pooling_an_empty_plane_is_refused_an_empty_batch_is_not(device):
     with pytest.raises(ValueError, match="non-zero height and width"):
         F.max_pool2d(t(np.zeros((1, 1, 0, 4)), device), 2, padding=1)
     assert F.avg_pool2d(t(np.zeros((0, 1, 4, 4)), device), 2).shape == (0, 1, 2, 2)
+
+
+def test_loss_argument_edges(device):
+    """Weights that would broadcast the loss beyond the input are refused; a
+    class weight that requires grad gets its true gradient (the mean's
+    denominator included); a module keeps its own weight tensor; 0-d input
+    and wrongly shaped float targets say what was expected; a negative
+    ignore_index is allowed with probability targets, as in PyTorch."""
+    x = t(np.array([2.0, -1.0, 0.5, 3.0]), device)
+    y = t(np.array([1.0, 0.0, 0.0, 1.0]), device)
+    with pytest.raises(ValueError, match=r"weight of shape \(4, 1\) does not broadcast to the input's \(4,\)"):
+        F.binary_cross_entropy_with_logits(x, y, t(np.ones((4, 1)), device))
+    logits = t(rng.standard_normal((4, 3)), device)
+    labels = gpudl.tensor([0, 1, 2, 1], device=device)
+    w = t(np.array([1.0, 2.0, 3.0]), device, requires_grad=True)
+    for eps in (0.0, 0.2):
+        assert gradcheck(lambda a: F.cross_entropy(logits, labels, a, label_smoothing=eps), [w])
+    assert gradcheck(lambda a: F.nll_loss(logits, labels, a), [w])
+    mine = t(np.array([1.0, 2.0, 3.0]), device, dtype=np.float32)
+    nn.CrossEntropyLoss(weight=mine).double()
+    assert mine.dtype == np.float32
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, C\), \(N, C, d1, ...\) or \(C,\), got \(\)"):
+        F.cross_entropy(t(1.0, device), gpudl.tensor(0, device=device))
+    with pytest.raises(TypeError, match=r"or, for cross_entropy, class probabilities of the input's shape \(4, 3\)"):
+        F.cross_entropy(logits, t(np.zeros((4, 5)), device))
+    probs = t(np.full((4, 3), 1 / 3), device)
+    close(F.cross_entropy(logits, probs, ignore_index=-1), F.cross_entropy(logits, probs).numpy(), rtol=1e-12)
+
+
+def test_batch_norm_of_empty_batches_and_no_channels(device):
+    for shape in ((0, 3, 2, 2), (2, 0, 2, 2), (2, 0)):
+        c = shape[1]
+        x = t(np.zeros(shape), device, requires_grad=True)
+        w = t(np.ones(c), device, requires_grad=True)
+        rm, rv = t(np.zeros(c), device), t(np.ones(c), device)
+        out = F.batch_norm(x, rm, rv, w, t(np.zeros(c), device), training=True)
+        assert out.shape == shape
+        out.sum().backward()
+        assert x.grad.shape == shape and w.grad.shape == (c,)
+    bn = nn.BatchNorm2d(3).to(device)
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        bn(t(np.zeros((1, 3, 1, 1)), device, dtype=np.float32))
+    assert bn.num_batches_tracked.item() == 0          # refused before the count moved
+    assert bn(t(np.zeros((0, 3, 2, 2)), device, dtype=np.float32)).shape == (0, 3, 2, 2)
+    assert bn.num_batches_tracked.item() == 0

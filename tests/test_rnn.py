@@ -514,3 +514,15 @@ def test_lstm_cell_needs_both_states():
     x = gpudl.zeros((1, 2))
     with pytest.raises(TypeError, match=r"tuple of two Tensors \(h, c\)"):
         cell(x, (gpudl.zeros((1, 3)), None))
+
+
+def test_embedding_max_norm_leaves_an_earlier_use_of_the_weight_correct():
+    """The renormalised weight gets new storage: a graph that saved the old
+    values (the weight used before the lookup) still backpropagates them."""
+    W = np.array([[3.0, 4.0], [0.3, 0.4]])
+    w = gpudl.tensor(W, requires_grad=True)
+    a = (w * w).sum()
+    e = nn.functional.embedding(gpudl.tensor([0, 1]), w, max_norm=1.0)
+    (a + e.sum()).backward()
+    np.testing.assert_allclose(w.grad.numpy(), 2 * W + 1, rtol=1e-12)
+    np.testing.assert_allclose(w.numpy()[0], W[0] / (5 + 1e-7), rtol=1e-12)

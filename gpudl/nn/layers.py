@@ -17,6 +17,7 @@ from ..tensor import as_dtype, Tensor
 from ..ops.conv import _pair as _checked_pair, same_padding
 from ..ops._util import only_supported as _only
 from ..ops.loss import _reduction as _legacy_reduction
+from ..ops.norm import check_batch_statistics
 from . import functional as F
 from . import init
 from .module import Module, Parameter
@@ -174,7 +175,8 @@ class MaxPool2d(_Pool2d):
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
         super().__init__(kernel_size, stride, padding, ceil_mode)
-        _only("MaxPool2d", dilation=(dilation, 1), return_indices=(return_indices, False))
+        _only("MaxPool2d", dilation=(_pair(dilation, "dilation", "MaxPool2d", 1), (1, 1)),
+              return_indices=(return_indices, False))
         self.dilation, self.return_indices = dilation, return_indices
 
     def forward(self, input):
@@ -395,7 +397,9 @@ class _BatchNorm(Module):
         # training uses the batch's statistics (and moves the running ones only while
         # tracking); evaluation uses the running statistics whenever there are any
         momentum = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+        if self.training:
+            check_batch_statistics(input, type(self).__name__)   # before the count moves
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None and input.numel():
             self.num_batches_tracked.data += 1   # on the device: no host sync
             if self.momentum is None:            # cumulative average: reads the count
                 momentum = 1.0 / float(self.num_batches_tracked.item())
@@ -438,7 +442,8 @@ class _WeightedLoss(_Loss):
         if weight is not None and not isinstance(weight, Tensor):
             raise TypeError(f"{type(self).__name__}: expected weight to be a Tensor or None, "
                             f"got {type(weight).__name__}")
-        self.register_buffer("weight", weight)
+        # (a tensor of its own, sharing the values: moving the module leaves the caller's alone)
+        self.register_buffer("weight", None if weight is None else weight.detach())
 
 
 class _IndexLoss(_WeightedLoss):
@@ -503,7 +508,7 @@ class BCEWithLogitsLoss(_WeightedLoss):
         if pos_weight is not None and not isinstance(pos_weight, Tensor):
             raise TypeError(f"BCEWithLogitsLoss: expected pos_weight to be a Tensor or None, "
                             f"got {type(pos_weight).__name__}")
-        self.register_buffer("pos_weight", pos_weight)
+        self.register_buffer("pos_weight", None if pos_weight is None else pos_weight.detach())
 
     def forward(self, input, target):
         return F.binary_cross_entropy_with_logits(input, target, self.weight, reduction=self.reduction,

@@ -155,7 +155,8 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     """Max over windows; the gradient goes to the first maximum of each window
     (to its last NaN where it holds NaNs, as in PyTorch).  PyTorch's signature;
     dilation, ceil_mode and return_indices only at their defaults."""
-    only_supported("max_pool2d", dilation=(dilation, 1), ceil_mode=(ceil_mode, False),
+    only_supported("max_pool2d", dilation=(_pair(dilation, "dilation", "max_pool2d", 1), (1, 1)),
+                   ceil_mode=(ceil_mode, False),
                    return_indices=(return_indices, False))
     if isinstance(input, Tensor) and input.ndim == 3:
         return _unbatched(max_pool2d, input, kernel_size, stride, padding)

@@ -63,8 +63,10 @@ def _check_target(scores, target, op, ignore_index=None):
     if not isinstance(target, Tensor):
         raise TypeError(f"{op}: expected target to be a Tensor of class indices, got {type(target).__name__}")
     if target.dtype.kind not in "iu":
-        raise TypeError(f"{op}: expected integer class indices as target, got dtype {target.dtype} "
-                        f"(class probabilities are not supported; use .long() on label tensors)")
+        probs = (" or, for cross_entropy, class probabilities of the input's shape "
+                 f"{scores.shape}" if op == "cross_entropy" else "")
+        raise TypeError(f"{op}: expected integer class indices of shape ({scores.shape[0]},){probs}, "
+                        f"got {target.dtype} of shape {target.shape} (use .long() on label tensors)")
     if target.shape != scores.shape[:1]:
         raise ValueError(f"{op}: expected target of shape ({scores.shape[0]},) for input {scores.shape}, "
                          f"got {target.shape}")
@@ -107,6 +109,8 @@ def _rows(input, target, op):
     unbatched (C,) with a 0-d target as one row."""
     if not isinstance(input, Tensor) or input.ndim == 2:
         return input, target, None
+    if input.ndim == 0:
+        raise ValueError(f"{op}: expected input of shape (N, C), (N, C, d1, ...) or (C,), got ()")
     if input.ndim == 1:
         shape = ()
         input = input.reshape(1, input.shape[0])
@@ -174,7 +178,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
 
 def _cross_entropy_probs(input, target, weight, ignore_index, reduction, label_smoothing, op):
     """Cross-entropy against class probabilities (PyTorch's formula)."""
-    if ignore_index != -100:
+    if ignore_index >= 0:          # (a negative one matches no probability target: PyTorch allows it)
         raise ValueError(f"{op}: ignore_index={ignore_index} needs class-index targets, got "
                          f"probabilities (float {target.shape})")
     if reduction not in ("mean", "sum", "none"):
@@ -222,7 +226,7 @@ def _reduce_weighted(loss, w, labels, ignore, reduction, op, scale=True):
         return loss.sum()
     if has_ignored and all_ignored:
         return where(Tensor._make(loss.device.backend.xp.zeros((), bool), loss.device), loss.sum(), float("nan"))
-    return loss.sum() / wy.detach().sum()
+    return loss.sum() / wy.sum()
 
 
 def _labels(target, ignore):
@@ -367,10 +371,11 @@ def _broadcast_weight(w, input, name, op):
     if w.device != input.device:
         raise ValueError(f"{op}: input on {input.device}, {name} on {w.device}")
     try:
-        numpy.broadcast_shapes(w.shape, input.shape)
+        fits = numpy.broadcast_shapes(w.shape, input.shape) == input.shape
     except ValueError:
-        raise ValueError(f"{op}: {name} of shape {w.shape} does not broadcast to the input's "
-                         f"{input.shape}") from None
+        fits = False
+    if not fits:
+        raise ValueError(f"{op}: {name} of shape {w.shape} does not broadcast to the input's {input.shape}")
     return w if w.dtype == input.dtype else M.astype(w, input.dtype)
 
 

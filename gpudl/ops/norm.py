@@ -31,6 +31,13 @@ class BatchNorm(Function):
         return gx, gw, gb, None, None, None, None, None
 
 
+def check_batch_statistics(input, op):
+    """Batch statistics need more than one value per channel (an empty batch is fine)."""
+    c = input.shape[1] if input.ndim > 1 else 0
+    if input.numel() and input.numel() // c <= 1:
+        raise ValueError(f"{op}: expected more than one value per channel when training, got input {input.shape}")
+
+
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5):
     """Batch normalisation of (N, C) or (N, C, H, W) input, PyTorch semantics.
@@ -56,12 +63,20 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
             raise TypeError(f"{op}: input is {input.dtype} but weight is {t.dtype}")
         if t is not None and t.device != input.device:
             raise ValueError(f"{op}: input on {input.device}, {name} on {t.device}")
-    m = input.numel() // c
-    if training and m <= 1:
-        raise ValueError(f"{op}: expected more than one value per channel when training, got input {input.shape}")
+    if training:
+        check_batch_statistics(input, op)
     if not training and (running_mean is None or running_var is None):
         raise ValueError(f"{op}: expected running_mean and running_var when training=False "
                          f"(the statistics to normalise with), got None")
+    if input.numel() == 0:
+        # an empty batch (or no channels): an empty result, the statistics untouched, as in PyTorch
+        shape = (1, c) + (1,) * (input.ndim - 2)
+        out = input * 1.0
+        if weight is not None:
+            out = out * weight.reshape(shape)
+        if bias is not None:
+            out = out + bias.reshape(shape)
+        return out
     use_batch = bool(training)
     rm = running_mean.data if running_mean is not None else None
     rv = running_var.data if running_var is not None else None

@@ -580,8 +580,10 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, sca
 
 def _renorm_rows(weight, ids, max_norm, norm_type):
     """PyTorch's ``embedding_renorm_``: rows ``ids`` of ``weight`` whose norm
-    exceeds ``max_norm`` scaled to it (by max_norm / (norm + 1e-7)), in place,
-    outside the graph."""
+    exceeds ``max_norm`` scaled to it (by max_norm / (norm + 1e-7)), outside
+    the graph.  The weight gets new storage when a row changes: a graph
+    that already saved the old values (the weight used earlier in this
+    forward pass) keeps them, where PyTorch would refuse to backpropagate."""
     for name, v in (("max_norm", max_norm), ("norm_type", norm_type)):
         if not isinstance(v, numbers.Real) or isinstance(v, bool) or not v > 0:
             raise ValueError(f"embedding: expected {name} to be a number > 0, got {v!r}")
@@ -591,5 +593,9 @@ def _renorm_rows(weight, ids, max_norm, norm_type):
     norms = xp.linalg.norm(w[rows], ord=float(norm_type), axis=1) if norm_type != 2 else \
         xp.sqrt((w[rows] * w[rows]).sum(axis=1))
     big = norms > max_norm
+    if not bool(big.any()):
+        return
     scale = xp.where(big, max_norm / (norms + 1e-7), 1).astype(w.dtype)
+    w = w.copy()
     w[rows] *= scale[:, None]
+    weight.data = w
