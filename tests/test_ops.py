@@ -196,6 +196,14 @@ def test_integer_and_bool_promotion(device):
     assert (d * 2.0).dtype == np.float64
     assert (gpudl.ones(2, device=device) * np.float64(2.0)).dtype == np.float32
     assert gpudl.tensor([True, False], device=device).sum().item() == 1
+    # PyTorch: a 0-d tensor of the same category does not widen a tensor with dimensions
+    z64 = gpudl.tensor(2.0, dtype="float64", device=device)
+    assert (gpudl.ones(2, device=device) + z64).dtype == np.float32
+    assert (z64 * gpudl.ones(2, device=device)).dtype == np.float32
+    assert gpudl.maximum(gpudl.ones(2, device=device), z64).dtype == np.float32
+    assert (gpudl.ones(2, dtype="int32", device=device) + gpudl.tensor(2, device=device)).dtype == np.int32
+    assert (i + gpudl.tensor(2.5, dtype="float64", device=device)).dtype == np.float64   # higher category
+    assert (z64 + gpudl.tensor(1.0, device=device)).dtype == np.float64                 # both 0-d
 
 
 def test_mixed_indices_follow_pytorchs_order(device):

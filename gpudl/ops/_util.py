@@ -8,6 +8,9 @@ import numpy
 from ..tensor import Tensor, float32, int64, bool_
 
 
+_CATEGORY = {"b": 0, "u": 1, "i": 1, "f": 2, "c": 3}
+
+
 def result_dtype(a, b):
     """NumPy promotion between tensors; a Python scalar never widens a tensor."""
     ta, tb = isinstance(a, Tensor), isinstance(b, Tensor)
@@ -15,6 +18,12 @@ def result_dtype(a, b):
         fa, fb = a.dtype.kind == "f", b.dtype.kind == "f"
         if fa != fb:            # float with int/bool keeps the float's dtype (as PyTorch)
             return a.dtype if fa else b.dtype
+        if (a.ndim == 0) != (b.ndim == 0):
+            # PyTorch: a 0-d tensor of the same category or below does not widen a
+            # tensor with dimensions (float32 with a 0-d float64 stays float32)
+            dim, zero = (b, a) if a.ndim == 0 else (a, b)
+            if _CATEGORY[zero.dtype.kind] <= _CATEGORY[dim.dtype.kind]:
+                return dim.dtype
         return numpy.result_type(a.dtype, b.dtype)
     t, s = (a, b) if ta else (b, a)
     if isinstance(s, bool):
