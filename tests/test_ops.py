@@ -412,3 +412,27 @@ def test_in_place_methods(device):
         w.add_(1)
         w.clamp_(max=1.5)
     assert w.tolist() == [1.5, 1.5]
+
+
+def test_integer_and_logical_operators(device):
+    """&, |, ^, ~, //, % and any/all with PyTorch's results; integer sums are int64."""
+    i = gpudl.tensor([5, -3], device=device)
+    assert (i // 2).tolist() == [2, -2] and (i % 2).tolist() == [1, 1]
+    assert (7 // i).tolist() == [1, -3] and (7 % i).tolist() == [2, -2]
+    assert (i & 3).tolist() == [1, 1] and (i | 8).tolist() == [13, -3] and (i ^ 1).tolist() == [4, -4]
+    assert (~i).tolist() == [-6, 2]
+    b = (i > 0) & (i < 10)
+    assert b.dtype == np.bool_ and b.tolist() == [True, False]
+    assert ((i > 0) | (i < -5)).tolist() == [True, False] and (~b).tolist() == [False, True]
+    assert i.any().item() is True and (i > 0).all().item() is False
+    assert gpudl.tensor([[0.0, 1.0], [0.0, 0.0]], device=device).any(dim=1, keepdim=True).tolist() == [[True], [False]]
+    with pytest.raises(TypeError, match="&: expected bool or integer tensors, got float32"):
+        gpudl.ones(2, device=device) & gpudl.ones(2, device=device)
+    assert gpudl.tensor([200, 100], dtype="uint8", device=device).sum().item() == 300
+    assert gpudl.tensor([1, 2], dtype="int32", device=device).sum().dtype == np.int64
+    assert gpudl.ones(2, device=device).sum(dtype="float64").dtype == np.float64
+    x = t(np.array([3.5, -2.0, 7.25]), device, requires_grad=True)
+    d = t(np.array([2.0, 1.5, -3.0]), device, requires_grad=True)
+    close(x % d, np.remainder([3.5, -2.0, 7.25], [2.0, 1.5, -3.0]), rtol=1e-12)
+    assert gradcheck(lambda a, b: a % b, [x, d])
+    close(x // 2, [1.0, -1.0, 3.0], rtol=0)

@@ -9,7 +9,7 @@ from ..tensor import Tensor
 from .math import (  # noqa: F401
     add, sub, mul, div, pow, maximum, minimum, neg, exp, log, sqrt, abs, clip, clamp,
     astype, matmul, sum, mean, max, min, amax, amin, var, std, logsumexp, argmax, argmin,
-    eq, ne, lt, le, gt, ge,
+    eq, ne, lt, le, gt, ge, any, all, bitwise_and, bitwise_or, bitwise_xor, floor_divide, remainder,
 )
 from .shape import (  # noqa: F401
     reshape, view, flatten, squeeze, unsqueeze, permute, transpose, expand,
@@ -50,6 +50,11 @@ def _install():
     T.__ne__ = lambda self, other: True if other is None else ne(self, other)
     T.__lt__, T.__le__, T.__gt__, T.__ge__ = lt, le, gt, ge
     T.__invert__ = lambda self: _logical_not(self)
+    T.__and__, T.__rand__ = bitwise_and, _swap(bitwise_and)
+    T.__or__, T.__ror__ = bitwise_or, _swap(bitwise_or)
+    T.__xor__, T.__rxor__ = bitwise_xor, _swap(bitwise_xor)
+    T.__floordiv__, T.__rfloordiv__ = floor_divide, _swap(floor_divide)
+    T.__mod__, T.__rmod__ = remainder, _swap(remainder)
     T.__hash__ = object.__hash__
     for name, fn in dict(
         add=add, sub=sub, mul=mul, div=div, pow=pow, matmul=matmul, maximum=maximum, minimum=minimum,
@@ -58,7 +63,9 @@ def _install():
         argmax=argmax, argmin=argmin, reshape=reshape, view=view, flatten=flatten, squeeze=squeeze,
         unsqueeze=unsqueeze, permute=permute, transpose=transpose, expand=expand,
         split=split, chunk=chunk, relu=relu, sigmoid=sigmoid, tanh=tanh, softmax=softmax,
-        log_softmax=log_softmax, eq=eq, ne=ne, lt=lt, le=le, gt=gt, ge=ge,
+        log_softmax=log_softmax, eq=eq, ne=ne, lt=lt, le=le, gt=gt, ge=ge, any=any, all=all,
+        remainder=remainder, floor_divide=floor_divide, bitwise_and=bitwise_and, bitwise_or=bitwise_or,
+        bitwise_xor=bitwise_xor,
     ).items():
         setattr(T, name, fn)
     T.T = property(lambda self: permute(self, tuple(reversed(range(self.ndim)))))
@@ -79,9 +86,9 @@ def _install():
 
 
 def _logical_not(x):
-    if x.dtype.kind != "b":
-        raise TypeError(f"~: expected a bool tensor, got {x.dtype}")
-    return Tensor._make(~x.data, x.device)
+    if x.dtype.kind not in "biu":
+        raise TypeError(f"~: expected a bool or integer tensor, got {x.dtype}")
+    return Tensor._make(~x.data, x.device)        # logical not for bools, bitwise for integers
 
 
 _install()

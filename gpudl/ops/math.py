@@ -420,11 +420,31 @@ def _reduce_args(x, dim, op):
     return axes if x.ndim else ()
 
 
-def sum(x, dim=None, keepdim=False):
+def sum(x, dim=None, keepdim=False, *, dtype=None):
+    """Sum over ``dim``; integers and bools sum as int64 (PyTorch's rule);
+    ``dtype``: cast the input first."""
     axes = _reduce_args(x, dim, "sum")
-    if x.dtype.kind == "b":
+    if dtype is not None:
+        x = astype(x, dtype)
+    elif x.dtype.kind in "bu" or (x.dtype.kind == "i" and x.dtype != numpy.int64):
         x = astype(x, "int64")
     return Sum.apply(x, axes, keepdim)
+
+
+def _logical_reduce(name):
+    def f(x, dim=None, keepdim=False):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name}: expected a Tensor, got {type(x).__name__}")
+        axes = _reduce_args(x, dim, name)
+        return Tensor._make(getattr(x.device.backend.xp, name)(x.data != 0, axis=axes, keepdims=keepdim),
+                            x.device)
+    f.__name__ = name
+    f.__doc__ = f"Whether {'any' if name == 'any' else 'every'} element over ``dim`` is non-zero (a bool tensor)."
+    return f
+
+
+any = _logical_reduce("any")
+all = _logical_reduce("all")
 
 
 def mean(x, dim=None, keepdim=False):
@@ -583,6 +603,47 @@ def _compare(name):
     f.__name__ = name
     f.__doc__ = f"Element-wise {name} (a bool tensor; no gradient)."
     return f
+
+
+def _integer_op(name, symbol, float_ok=False):
+    """An element-wise op on bool / integer tensors, no gradient (PyTorch's
+    ``&``, ``|``, ``^``, ``//``)."""
+    def f(a, b):
+        a, b = binary_operands(a, b, name)
+        if not float_ok and a.dtype.kind not in "biu":
+            raise TypeError(f"{symbol}: expected bool or integer tensors, got {a.dtype}")
+        return Tensor._make(getattr(a.device.backend.xp, name)(a.data, b.data), a.device)
+    f.__name__ = name
+    f.__doc__ = f"Element-wise ``{symbol}`` (no gradient)."
+    return f
+
+
+bitwise_and = _integer_op("bitwise_and", "&")
+bitwise_or = _integer_op("bitwise_or", "|")
+bitwise_xor = _integer_op("bitwise_xor", "^")
+floor_divide = _integer_op("floor_divide", "//", float_ok=True)
+
+
+class Remainder(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return ctx.xp.remainder(a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved
+        na, nb = ctx.needs_input_grad
+        return (g if na else None), (-g * ctx.xp.floor(a / b) if nb else None)
+
+
+def remainder(a, b):
+    """``a % b`` with the divisor's sign (Python's and PyTorch's rule);
+    differentiable in both for floats (d/da = 1, d/db = -floor(a / b))."""
+    a, b = binary_operands(a, b, "remainder")
+    if a.dtype.kind != "f":
+        return Tensor._make(a.device.backend.xp.remainder(a.data, b.data), a.device)
+    return Remainder.apply(a, b)
 
 
 eq = _compare("equal")
