@@ -436,3 +436,21 @@ def test_integer_and_logical_operators(device):
     close(x % d, np.remainder([3.5, -2.0, 7.25], [2.0, 1.5, -3.0]), rtol=1e-12)
     assert gradcheck(lambda a, b: a % b, [x, d])
     close(x // 2, [1.0, -1.0, 3.0], rtol=0)
+
+
+def test_nan_gradients_follow_pytorch(device):
+    """max()/min() of data with NaN: the NaNs share the gradient; maximum and
+    minimum pass it to both sides where a NaN makes neither win."""
+    x = t(np.array([1.0, np.nan, np.nan]), device, requires_grad=True)
+    x.max().backward()
+    assert x.grad.tolist() == [0.0, 0.5, 0.5]
+    x.grad = None
+    x.min().backward()
+    assert x.grad.tolist() == [0.0, 0.5, 0.5]
+    a = t(np.array([np.nan, 1.0, 2.0, 3.0]), device, requires_grad=True)
+    b = t(np.array([0.0, np.nan, 2.0, 1.0]), device, requires_grad=True)
+    gpudl.maximum(a, b).sum().backward()
+    assert a.grad.tolist() == [1.0, 1.0, 0.5, 1.0] and b.grad.tolist() == [1.0, 1.0, 0.5, 0.0]
+    a.grad = b.grad = None
+    gpudl.minimum(a, b).sum().backward()
+    assert a.grad.tolist() == [1.0, 1.0, 0.5, 0.0] and b.grad.tolist() == [1.0, 1.0, 0.5, 1.0]

@@ -97,8 +97,13 @@ class Extremum(Function):
     @staticmethod
     def backward(ctx, g):
         a, b = ctx.saved
-        w = ((a > b) if ctx.is_max else (a < b)) + 0.5 * (a == b)
-        return g * w.astype(g.dtype), g * (1 - w).astype(g.dtype), None
+        # PyTorch's rule: each side loses the gradient only where the other one
+        # wins; so a NaN (no side wins) passes it to both
+        lose_a, lose_b = (a < b, a > b) if ctx.is_max else (a > b, a < b)
+        half = 0.5 * (a == b)
+        wa, wb = 1 - lose_a - half, 1 - lose_b - half
+        na, nb, _ = ctx.needs_input_grad
+        return (g * wa.astype(g.dtype) if na else None), (g * wb.astype(g.dtype) if nb else None), None
 
 
 def add(a, b):
@@ -357,6 +362,8 @@ class MaxMin(Function):
     def backward(ctx, g):
         x, out = ctx.saved
         mask = (x == out)
+        if x.dtype.kind == "f":          # a NaN result: its gradient shared by the NaNs, as in PyTorch
+            mask |= ctx.xp.isnan(x) & ctx.xp.isnan(out)
         count = mask.sum(axis=ctx.axes, keepdims=True)
         g = unreduce(g, ctx.axes, ctx.keepdims, x.ndim, ctx.xp)
         return mask * (g / count).astype(x.dtype), None, None, None
