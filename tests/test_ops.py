@@ -454,3 +454,22 @@ def test_nan_gradients_follow_pytorch(device):
     a.grad = b.grad = None
     gpudl.minimum(a, b).sum().backward()
     assert a.grad.tolist() == [1.0, 1.0, 0.5, 0.0] and b.grad.tolist() == [1.0, 1.0, 0.5, 1.0]
+
+
+def test_empty_reductions_and_integer_activations_as_pytorch(device):
+    z = gpudl.zeros(3, 0, device=device, requires_grad=True)
+    assert z.softmax(1).shape == (3, 0) and z.log_softmax(1).shape == (3, 0)
+    lse = z.logsumexp(1)
+    assert lse.tolist() == [-np.inf] * 3
+    lse.sum().backward()
+    assert z.grad.shape == (3, 0)
+    values, indices = gpudl.zeros(0, 3, device=device).max(1)
+    assert values.shape == indices.shape == (0,)
+    with pytest.raises(ValueError, match="non-empty tensor along the reduced dims"):
+        gpudl.zeros(0, 3, device=device).max(0)
+    e = gpudl.zeros(0, 2, device=device)
+    assert [p.shape for p in e.split(2)] == [(0, 2)] and [p.shape for p in e.chunk(2)] == [(0, 2), (0, 2)]
+    i = gpudl.tensor([1, -2], device=device)
+    assert i.relu().tolist() == [1, 0] and i.relu().dtype == np.int64
+    assert i.sigmoid().dtype == np.float32 and abs(i.sigmoid().tolist()[0] - 1 / (1 + np.exp(-1))) < 1e-7
+    assert gpudl.tensor([True], device=device).tanh().dtype == np.float32

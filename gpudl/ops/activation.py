@@ -146,6 +146,9 @@ def _float(x, op):
 
 
 def relu(x):
+    """max(x, 0); on an integer tensor the same integers (no gradient), as in PyTorch."""
+    if isinstance(x, Tensor) and x.dtype.kind in "iu":
+        return Tensor._make(x.device.backend.xp.maximum(x.data, 0).astype(x.dtype), x.device)
     return ReLU.apply(_float(x, "relu"))
 
 
@@ -153,12 +156,20 @@ def leaky_relu(x, negative_slope=0.01):
     return LeakyReLU.apply(_float(x, "leaky_relu"), float(negative_slope))
 
 
+def _as_float(x):
+    """Integer and bool tensors go to float32 first, as PyTorch's sigmoid/tanh take them."""
+    if isinstance(x, Tensor) and x.dtype.kind in "biu":
+        from .math import astype
+        return astype(x, "float32")
+    return x
+
+
 def sigmoid(x):
-    return Sigmoid.apply(_float(x, "sigmoid"))
+    return Sigmoid.apply(_float(_as_float(x), "sigmoid"))
 
 
 def tanh(x):
-    return Tanh.apply(_float(x, "tanh"))
+    return Tanh.apply(_float(_as_float(x), "tanh"))
 
 
 def gelu(x, approximate="none"):
@@ -190,13 +201,15 @@ def softmax(x, dim=None, _stacklevel=3, dtype=None):
     """Softmax along ``dim`` (None: PyTorch's legacy default, with a warning);
     ``dtype``: cast the input first (PyTorch's signature)."""
     x = _cast_first(x, dtype, "softmax")
-    return Softmax.apply(_float(x, "softmax"), _softmax_dim(x, dim, "softmax"))
+    axis = _softmax_dim(_float(x, "softmax"), dim, "softmax")
+    return x * 1.0 if x.numel() == 0 else Softmax.apply(x, axis)     # empty in, empty out
 
 
 def log_softmax(x, dim=None, _stacklevel=3, dtype=None):
     """log(softmax) along ``dim``, computed stably; None and ``dtype`` as :func:`softmax`."""
     x = _cast_first(x, dtype, "log_softmax")
-    return LogSoftmax.apply(_float(x, "log_softmax"), _softmax_dim(x, dim, "log_softmax"))
+    axis = _softmax_dim(_float(x, "log_softmax"), dim, "log_softmax")
+    return x * 1.0 if x.numel() == 0 else LogSoftmax.apply(x, axis)
 
 
 def dropout(x, p=0.5, training=True):

@@ -498,8 +498,7 @@ class MaxMinDim(Function):
 def _max_min(x, dim, keepdim, is_max):
     op = "max" if is_max else "min"
     axes = _reduce_args(x, dim, op)
-    if x.numel() == 0:
-        raise ValueError(f"{op}: expected a non-empty tensor, got shape {x.shape}")
+    _nonempty(x, axes, op)            # the reduced dims need values; the others may be empty
     if isinstance(dim, numbers.Integral):
         if x.ndim == 0:                    # dim 0 of a 0-d tensor: itself, index 0
             return _max_min(x.reshape(1), 0, False, is_max)
@@ -576,6 +575,8 @@ def logsumexp(x, dim=None, keepdim=False):
     """log(sum(exp(x))) computed stably (the max is taken out first)."""
     axes = _reduce_args(x, dim, "logsumexp")
     require_float(x, "logsumexp")
+    if builtins.any(x.shape[a] == 0 for a in axes) or x.numel() == 0:
+        return sum(x, axes, keepdim) + float("-inf")    # log(0) = -inf over nothing, as in PyTorch
     return LogSumExp.apply(x, axes, keepdim)
 
 

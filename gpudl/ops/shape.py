@@ -350,7 +350,7 @@ def split(x, split_size_or_sections, dim=0):
         step = int(split_size_or_sections)
         if step <= 0:
             raise ValueError(f"split: expected a positive size, got {step}")
-        sizes = [builtins.min(step, n - s) for s in range(0, n, step)]
+        sizes = [builtins.min(step, n - s) for s in range(0, n, step)] or [0]   # empty: one empty piece
     elif isinstance(split_size_or_sections, (list, tuple)) and builtins.all(
             isinstance(s, numbers.Integral) and s >= 0 for s in split_size_or_sections):
         sizes = [int(s) for s in split_size_or_sections]
@@ -371,6 +371,8 @@ def chunk(x, chunks, dim=0):
     if not isinstance(chunks, numbers.Integral) or chunks < 1:
         raise ValueError(f"chunk: expected a positive number of chunks, got {chunks!r}")
     n = x.shape[norm_axis(dim, x.ndim, "chunk")[0]]
+    if n == 0:                            # PyTorch: that many empty chunks
+        return split(x, [0] * int(chunks), dim)
     return split(x, -(-n // int(chunks)), dim)
 
 
