@@ -170,10 +170,8 @@ def test_pooling_takes_pytorchs_positional_arguments(device):
     close(F.max_pool2d(x, 2, 2, 0, (1, 1)), F.max_pool2d(x, 2), rtol=0)     # the default, spelled out
     assert nn.MaxPool2d(2, dilation=(1, 1))(x).shape == (1, 1, 2, 2)
     close(F.avg_pool2d(x, 3, 2, 1, False, False)[0, 0, 0], [3.0, 4.5, 6.0], rtol=1e-12)
-    for call, name in ((lambda: F.avg_pool2d(x, 2, 2, 0, True), "ceil_mode=True"),
-                       (lambda: F.avg_pool2d(x, 2, divisor_override=3), "divisor_override=3"),
+    for call, name in ((lambda: F.avg_pool2d(x, 2, divisor_override=3), "divisor_override=3"),
                        (lambda: F.max_pool2d(x, 2, 2, 0, 2), r"dilation=\(2, 2\)"),
-                       (lambda: F.max_pool2d(x, 2, 2, 0, 1, True), "ceil_mode=True"),
                        (lambda: F.max_pool2d(x, 2, return_indices=True), "return_indices=True")):
         with pytest.raises(ValueError, match=f"{name} is not supported"):
             call()
@@ -567,3 +565,31 @@ def test_batch_norm_of_empty_batches_and_no_channels(device):
     assert bn.num_batches_tracked.item() == 0          # refused before the count moved
     assert bn(t(np.zeros((0, 3, 2, 2)), device, dtype=np.float32)).shape == (0, 3, 2, 2)
     assert bn.num_batches_tracked.item() == 0
+
+
+def test_ceil_mode_pooling(device):
+    """ceil_mode keeps the last, partial window: 5x5 by 2x2 gives 3x3; its
+    average is over the part inside the (padded) input, as in PyTorch."""
+    x = np.arange(25.0).reshape(1, 1, 5, 5)
+    xt = t(x, device, requires_grad=True)
+    close(F.max_pool2d(xt, 2, ceil_mode=True), [[[[6, 8, 9], [16, 18, 19], [21, 23, 24]]]], rtol=0)
+    avg = F.avg_pool2d(xt, 2, ceil_mode=True)
+    close(avg[0, 0, 2], [(20 + 21) / 2, (22 + 23) / 2, 24], rtol=1e-12)
+    close(avg[0, 0, 0, 2], (4 + 9) / 2, rtol=1e-12)
+    assert nn.MaxPool2d(2, ceil_mode=True)(xt).shape == nn.AvgPool2d(2, ceil_mode=True)(xt).shape == (1, 1, 3, 3)
+    for cip in (True, False):
+        assert gradcheck(lambda a: F.avg_pool2d(a, 3, 2, 1, True, cip), [xt])
+    assert gradcheck(lambda a: F.max_pool2d(a, 3, 2, 1, ceil_mode=True), [xt])
+
+
+def test_ceil_mode_agrees_with_torch():
+    torch = pytest.importorskip("torch")
+    r = np.random.default_rng(5)
+    for H, W in ((5, 5), (7, 6), (4, 9)):
+        x = r.standard_normal((2, 3, H, W))
+        for k, s, p in ((2, 2, 0), (3, 2, 1), (3, 3, 0), (2, 3, 1), (4, 3, 2)):
+            for cip in (True, False):
+                a = torch.nn.functional.avg_pool2d(torch.tensor(x), k, s, p, True, cip).numpy()
+                close(F.avg_pool2d(gpudl.tensor(x), k, s, p, True, cip), a, rtol=1e-12)
+            a = torch.nn.functional.max_pool2d(torch.tensor(x), k, s, p, ceil_mode=True).numpy()
+            close(F.max_pool2d(gpudl.tensor(x), k, s, p, ceil_mode=True), a, rtol=0)

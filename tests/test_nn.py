@@ -473,7 +473,6 @@ def test_losses(device):
     (lambda: nn.Conv2d(3, 4, 3, padding="full"), "'valid' or 'same'"),
     (lambda: nn.Conv2d(3, 4, 3, padding_mode="reflect"), "padding_mode='reflect' is not supported"),
     (lambda: nn.MaxPool2d(2, padding=2), "at most half"),
-    (lambda: nn.MaxPool2d(2, ceil_mode=True), "ceil_mode"),
     (lambda: nn.MaxPool2d(2, stride=0), "stride >= 1"),
     (lambda: nn.AdaptiveAvgPool2d(0), "output_size"),
     (lambda: nn.Dropout(1.5), r"probability in \[0, 1\]"),

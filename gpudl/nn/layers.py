@@ -163,11 +163,10 @@ class _Pool2d(Module):
         p = _pair(padding, "padding", name, 0)
         if p[0] > k[0] // 2 or p[1] > k[1] // 2:
             raise ValueError(f"{name}: padding {padding!r} must be at most half of kernel_size {kernel_size!r}")
-        _only(name, ceil_mode=(ceil_mode, False))
         self.kernel_size = kernel_size
         self.stride = kernel_size if stride is None else stride
         self.padding = padding
-        self.ceil_mode = ceil_mode
+        self.ceil_mode = bool(ceil_mode)
 
 
 class MaxPool2d(_Pool2d):
@@ -180,7 +179,7 @@ class MaxPool2d(_Pool2d):
         self.dilation, self.return_indices = dilation, return_indices
 
     def forward(self, input):
-        return F.max_pool2d(input, self.kernel_size, self.stride, self.padding)
+        return F.max_pool2d(input, self.kernel_size, self.stride, self.padding, ceil_mode=self.ceil_mode)
 
     def extra_repr(self):
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
@@ -197,8 +196,8 @@ class AvgPool2d(_Pool2d):
         self.count_include_pad, self.divisor_override = bool(count_include_pad), divisor_override
 
     def forward(self, input):
-        return F.avg_pool2d(input, self.kernel_size, self.stride, self.padding,
-                            count_include_pad=self.count_include_pad)
+        return F.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                            self.count_include_pad)
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numbers
 
+import numpy
+
 from ..autograd import Function
 from ..tensor import Tensor
 from ._util import only_supported
@@ -154,14 +156,38 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
                return_indices=False):
     """Max over windows; the gradient goes to the first maximum of each window
     (to its last NaN where it holds NaNs, as in PyTorch).  PyTorch's signature;
-    dilation, ceil_mode and return_indices only at their defaults."""
+    ``ceil_mode`` keeps a last, partial window (one that starts inside the input
+    or its left padding); dilation and return_indices only at their defaults."""
     only_supported("max_pool2d", dilation=(_pair(dilation, "dilation", "max_pool2d", 1), (1, 1)),
-                   ceil_mode=(ceil_mode, False),
                    return_indices=(return_indices, False))
     if isinstance(input, Tensor) and input.ndim == 3:
-        return _unbatched(max_pool2d, input, kernel_size, stride, padding)
+        return _unbatched(max_pool2d, input, kernel_size, stride, padding, ceil_mode=ceil_mode)
     kernel, stride, padding = _pool_args(input, kernel_size, stride, padding, "max_pool2d")
+    if ceil_mode:
+        input, _ = _ceil_extend(input, kernel, stride, padding, float("-inf"))
     return MaxPool2d.apply(input, kernel, stride, padding)
+
+
+def _ceil_sizes(L, k, s, p):
+    """PyTorch's ceil_mode output length: rounded up, less a window that would
+    start in the right padding."""
+    n = -(-(L + 2 * p - k) // s) + 1
+    if (n - 1) * s >= L + p:
+        n -= 1
+    return n
+
+
+def _ceil_extend(x, kernel, stride, padding, fill):
+    """``x`` with the rows / columns a ceil_mode pooling reads past the padding
+    added (as ``fill``), and the output size."""
+    H, W = x.shape[2:]
+    out = [_ceil_sizes(L, k, s, p) for L, k, s, p in zip((H, W), kernel, stride, padding)]
+    extra = [max(0, (n - 1) * s + k - (L + 2 * p))
+             for n, L, k, s, p in zip(out, (H, W), kernel, stride, padding)]
+    if any(extra):
+        from .shape import pad
+        x = pad(x, (0, extra[1], 0, extra[0]), value=fill)
+    return x, out
 
 
 class AvgPool2d(Function):
@@ -177,13 +203,33 @@ class AvgPool2d(Function):
 
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None):
-    """Mean over windows.  PyTorch's signature; ceil_mode and divisor_override
-    only at their defaults."""
-    only_supported("avg_pool2d", ceil_mode=(ceil_mode, False), divisor_override=(divisor_override, None))
+    """Mean over windows.  PyTorch's signature; with ``ceil_mode`` a last,
+    partial window averages over its part inside the padded input (or, without
+    ``count_include_pad``, over its real values), as PyTorch does;
+    divisor_override only at its default."""
+    only_supported("avg_pool2d", divisor_override=(divisor_override, None))
     if isinstance(input, Tensor) and input.ndim == 3:
-        return _unbatched(avg_pool2d, input, kernel_size, stride, padding, count_include_pad=count_include_pad)
+        return _unbatched(avg_pool2d, input, kernel_size, stride, padding, ceil_mode=ceil_mode,
+                          count_include_pad=count_include_pad)
     kernel, stride, padding = _pool_args(input, kernel_size, stride, padding, "avg_pool2d")
-    return AvgPool2d.apply(input, kernel, stride, padding, bool(count_include_pad))
+    if not ceil_mode:
+        return AvgPool2d.apply(input, kernel, stride, padding, bool(count_include_pad))
+    H, W = input.shape[2:]
+    x, (Ho, Wo) = _ceil_extend(input, kernel, stride, padding, 0.0)
+    y = AvgPool2d.apply(x, kernel, stride, padding, True)        # window sums / (kH * kW)
+    # PyTorch's divisors: a window is cut at the padded input's end, and without
+    # count_include_pad also to the real values
+    sizes = []
+    for n, L, k, st, p in ((Ho, H, kernel[0], stride[0], padding[0]), (Wo, W, kernel[1], stride[1], padding[1])):
+        start = numpy.arange(n) * st - p
+        end = numpy.minimum(start + k, L + p)
+        if not count_include_pad:
+            start, end = numpy.maximum(start, 0), numpy.minimum(end, L)
+        sizes.append(end - start)
+    scale = (kernel[0] * kernel[1]) / (sizes[0][:, None] * sizes[1][None, :])
+    if (scale == 1).all():
+        return y
+    return y * Tensor._make(input.device.backend.asarray(scale, dtype=input.dtype), input.device)
 
 
 def adaptive_avg_pool2d(input, output_size):
