@@ -25,7 +25,7 @@ from .io import save, load  # noqa: F401
 from .ops import (  # noqa: F401
     add, sub, mul, div, pow, maximum, minimum, neg, exp, log, sqrt, abs, clip, clamp,
     matmul, sum, mean, max, min, amax, amin, var, std, logsumexp, argmax, argmin,
-    eq, ne, lt, le, gt, ge,
+    eq, ne, lt, le, gt, ge, any, all, bitwise_and, bitwise_or, bitwise_xor, floor_divide, remainder,
     reshape, flatten, squeeze, unsqueeze, permute, transpose, expand,
     cat, stack, split, chunk, pad, where,
     relu, leaky_relu, sigmoid, tanh, gelu, softmax, log_softmax, dropout,

@@ -376,9 +376,11 @@ def test_in_place_operators_write_into_the_tensor(device):
     assert w.requires_grad and w.grad_fn is None
     y = gpudl.zeros(2, 3, device=device)
     row = y[0]
-    row += 1
-    row *= 3
-    assert y.tolist() == [[3, 3, 3], [0, 0, 0]]
+    with gpudl.no_grad():
+        row += 1
+        row *= 3
+        row //= 2
+    assert y.tolist() == [[1, 1, 1], [0, 0, 0]]
     with pytest.raises(RuntimeError, match="leaf tensor that requires grad cannot be changed in place"):
         w += 1
     a = gpudl.tensor([1.0, 2.0], device=device, requires_grad=True)
@@ -386,13 +388,25 @@ def test_in_place_operators_write_into_the_tensor(device):
     b += a                                      # recorded: b = b + a
     b.sum().backward()
     assert a.grad.tolist() == [3.0, 3.0]
+    # with grad mode on the operators rebind: a tensor a graph saved keeps its values
+    x = gpudl.tensor([3.0, 4.0], device=device)
+    s = (a * x).sum()
+    x += 10
+    a.grad = None
+    s.backward()
+    assert a.grad.tolist() == [3.0, 4.0] and x.tolist() == [13.0, 14.0]
     i = gpudl.tensor([1, 2], device=device)
     i += 1
     assert i.tolist() == [2, 3] and i.dtype == np.int64
-    with pytest.raises(TypeError, match="float64, which cannot be stored in place in a tensor of int64"):
-        i /= 2
-    with pytest.raises(ValueError, match=r"shape \(2, 2\) cannot be written in place into shape \(2,\)"):
-        i += gpudl.ones(2, 2, device=device, dtype="int64")
+    for grad_mode in (True, False):
+        with gpudl.set_grad_enabled(grad_mode):
+            with pytest.raises(TypeError, match="float64, which cannot be stored in place in a tensor of int64"):
+                i /= 2
+            with pytest.raises(ValueError, match=r"shape \(2, 2\) cannot be written in place into shape \(2,\)"):
+                i += gpudl.ones(2, 2, device=device, dtype="int64")
+    f = a * 1.0
+    f /= gpudl.tensor([2.0, 2.0], dtype="float64", device=device)
+    assert f.dtype == np.float32                # the tensor's dtype holds, as in PyTorch
 
 
 def test_in_place_methods(device):
@@ -473,3 +487,17 @@ def test_empty_reductions_and_integer_activations_as_pytorch(device):
     assert i.relu().tolist() == [1, 0] and i.relu().dtype == np.int64
     assert i.sigmoid().dtype == np.float32 and abs(i.sigmoid().tolist()[0] - 1 / (1 + np.exp(-1))) < 1e-7
     assert gpudl.tensor([True], device=device).tanh().dtype == np.float32
+
+
+def test_review_edges_of_indexing_sums_and_nan_maxima(device):
+    z = gpudl.zeros(2, 3, 4, 5, device=device)
+    assert z[True, 0, [1]].shape == (1, 4, 5) and z[True, [0, 1], :, 0].shape == (2, 3, 5)
+    assert gpudl.tensor([2, 3], device=device).sum(dtype="int32").dtype == np.int32
+    assert gpudl.tensor([200, 100], dtype="uint8", device=device).sum(dtype="uint8").item() == 44
+    assert gpudl.tensor([True, True], device=device).sum(dtype="bool").item() is True
+    w = gpudl.tensor([1.0, 2.0, 3.0], device=device, requires_grad=True)
+    with pytest.raises(RuntimeError, match="in-place"):
+        gpudl.zeros(3, device=device).clamp_(min=w * 1.0)
+    x = gpudl.tensor([[1.0, np.nan, np.nan], [2.0, 3.0, 3.0]], device=device, requires_grad=True)
+    x.amax(1).sum().backward()               # PyTorch's amax: NaN there (max() shares it)
+    assert np.isnan(x.grad.numpy()[0]).all() and x.grad.tolist()[1] == [0.0, 0.5, 0.5]

@@ -1,16 +1,18 @@
 """In-place arithmetic: ``x += y`` and ``add_``, ``sub_``, ``mul_``, ``div_``,
 ``fill_``, ``clamp_``, with PyTorch's rules.
 
-gpudl's autograd records no in-place operations (there are no version
-counters), so:
+gpudl's autograd records no in-place operations and keeps no version
+counters (PyTorch's way to notice a saved tensor changed under a graph), so:
 
-- with nothing to record (grad mode off, or no tensor involved requires
-  grad) the write goes into the tensor's storage, views included, as in
-  PyTorch -- a hand-written ``with no_grad(): p -= lr * p.grad`` updates p;
-- a leaf that requires grad is refused, as in PyTorch;
-- otherwise the *operators* (``+=``, ...) compute out of place and rebind
-  the name, which autograd does record (other references to the old tensor
-  keep its old value), and the *methods* are refused with a clear error.
+- the *operators* (``+=``, ``-=``, ...) write into the tensor's storage,
+  views included, under ``no_grad()`` -- a hand-written
+  ``with no_grad(): p -= lr * p.grad`` updates p, as in PyTorch; with grad
+  mode on they compute out of place and rebind the name (with the same shape
+  and dtype checks), which autograd records correctly, also for a tensor a
+  graph has saved (other names and views keep the old values);
+- a leaf that requires grad is refused while grad mode is on, as in PyTorch;
+- the *methods* (``add_``, ...) always write in place; while recording they
+  are refused with a clear error, as setitem, ``copy_`` and ``zero_`` are.
 """
 from __future__ import annotations
 
@@ -67,8 +69,16 @@ def _write(x, ufunc, other, op, true_divide=False):
 def _operator(op, ufunc, out_of_place, true_divide=False):
     def iop(self, other):
         _leaf_refused(self, op)
-        if _recording(self, other):
-            return out_of_place(self, other)       # recorded; rebinds the name
+        if autograd.is_grad_enabled():
+            # out of place, recorded, the name rebound; the in-place checks still hold
+            _, res = _operand(self, other, op)
+            if true_divide and res.kind in "biu":
+                res = numpy.dtype(numpy.float64)
+            if not numpy.can_cast(res, self.dtype, "same_kind"):
+                raise TypeError(f"{op}: the result would be {res}, which cannot be stored in place in a "
+                                f"tensor of {self.dtype} (as in PyTorch); use the out-of-place operator")
+            out = out_of_place(self, other)
+            return out if out.dtype == self.dtype else M.astype(out, self.dtype)
         return _write(self, ufunc, other, op, true_divide)
     iop.__name__ = f"__i{ufunc}__"
     return iop
@@ -101,7 +111,8 @@ def fill_(self, value):
 
 def clamp_(self, min=None, max=None):
     """Elements limited to [min, max], in place."""
-    self._check_inplace("clamp_")
+    self._check_inplace("clamp_", min)
+    self._check_inplace("clamp_", max)
     if min is None and max is None:
         raise ValueError("clamp_: expected at least one of min and max")
     for bound in (min, max):
@@ -122,6 +133,12 @@ def install(T):
     T.__isub__ = _operator("-=", "subtract", M.sub)
     T.__imul__ = _operator("*=", "multiply", M.mul)
     T.__itruediv__ = _operator("/=", "true_divide", M.div, true_divide=True)
+    T.__ifloordiv__ = _operator("//=", "floor_divide", M.floor_divide)
+    T.__imod__ = _operator("%=", "remainder", M.remainder)
+    T.__ipow__ = _operator("**=", "power", M.pow)
+    T.__iand__ = _operator("&=", "bitwise_and", M.bitwise_and)
+    T.__ior__ = _operator("|=", "bitwise_or", M.bitwise_or)
+    T.__ixor__ = _operator("^=", "bitwise_xor", M.bitwise_xor)
     T.add_ = _method("add_", "add", with_alpha=True)
     T.sub_ = _method("sub_", "subtract", with_alpha=True)
     T.mul_ = _method("mul_", "multiply")

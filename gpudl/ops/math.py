@@ -328,7 +328,7 @@ class Sum(Function):
     @staticmethod
     def forward(ctx, x, axes, keepdims):
         ctx.shape, ctx.axes, ctx.keepdims = x.shape, axes, keepdims
-        return x.sum(axis=axes, keepdims=keepdims)
+        return x.sum(axis=axes, keepdims=keepdims, dtype=x.dtype)      # (sum decided the dtype)
 
     @staticmethod
     def backward(ctx, g):
@@ -352,21 +352,24 @@ class MaxMin(Function):
     """max or min over axes; ties share the gradient evenly."""
 
     @staticmethod
-    def forward(ctx, x, axes, keepdims, is_max):
+    def forward(ctx, x, axes, keepdims, is_max, nan_share=False):
         out = x.max(axis=axes, keepdims=True) if is_max else x.min(axis=axes, keepdims=True)
         ctx.save_for_backward(x, out)
-        ctx.axes, ctx.keepdims = axes, keepdims
+        ctx.axes, ctx.keepdims, ctx.nan_share = axes, keepdims, nan_share
         return out if keepdims else ctx.xp.squeeze(out, axes)
 
     @staticmethod
     def backward(ctx, g):
         x, out = ctx.saved
         mask = (x == out)
-        if x.dtype.kind == "f":          # a NaN result: its gradient shared by the NaNs, as in PyTorch
+        if ctx.nan_share and x.dtype.kind == "f":
+            # max() / min() of everything: a NaN result's gradient shared by the NaNs,
+            # as in PyTorch (whose amax / amin give NaN there, as this does without)
             mask |= ctx.xp.isnan(x) & ctx.xp.isnan(out)
         count = mask.sum(axis=ctx.axes, keepdims=True)
         g = unreduce(g, ctx.axes, ctx.keepdims, x.ndim, ctx.xp)
-        return mask * (g / count).astype(x.dtype), None, None, None
+        with numpy.errstate(divide="ignore", invalid="ignore"):     # (no maximum found: NaN)
+            return mask * (g / count).astype(x.dtype), None, None, None, None
 
 
 class Var(Function):
@@ -507,7 +510,7 @@ def _max_min(x, dim, keepdim, is_max):
         out = MaxMinDim.apply(x, idx, axis, keepdim)       # the index found once, for both
         return ValuesIndices(out, Tensor._make((idx if keepdim else idx.squeeze(axis)).astype("int64"),
                                                x.device))
-    return MaxMin.apply(x, axes, keepdim, is_max)
+    return MaxMin.apply(x, axes, keepdim, is_max, dim is None)
 
 
 def max(x, dim=None, keepdim=False):

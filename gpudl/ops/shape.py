@@ -199,6 +199,9 @@ def _torch_order(parts, ndim):
     advanced index, which moves the arrays' dimensions to the front when a
     slice stands between them (``x[0, :, [0, 1]]``: (2, 3) in NumPy, (3, 2)
     in PyTorch).  Returns ``[index]`` or ``[selections, arrays]``."""
+    if builtins.any(isinstance(p, (bool, numpy.bool_)) or (_is_array_index(p) and p.ndim == 0
+                                                          and p.dtype.kind == "b") for p in parts):
+        return [parts]                         # a scalar bool: NumPy's reading is PyTorch's
     parts = tuple(int(p) if _is_array_index(p) and p.ndim == 0 and p.dtype.kind in "iu" else p
                   for p in parts)
     ints = [k for k, p in enumerate(parts) if isinstance(p, numbers.Integral) and not isinstance(p, bool)]
