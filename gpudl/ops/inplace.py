@@ -55,13 +55,19 @@ def _operand(x, other, op):
     return val, numpy.result_type(x.dtype, dt)
 
 
-def _write(x, ufunc, other, op, true_divide=False):
+def _checked(x, other, op, true_divide):
+    """``other``'s value, once it is known to fit x in shape and dtype."""
     val, res = _operand(x, other, op)
     if true_divide and res.kind in "biu":
         res = numpy.dtype(numpy.float64)
     if not numpy.can_cast(res, x.dtype, "same_kind"):
         raise TypeError(f"{op}: the result would be {res}, which cannot be stored in place in a "
                         f"tensor of {x.dtype} (as in PyTorch); use the out-of-place operator")
+    return val
+
+
+def _write(x, ufunc, other, op, true_divide=False):
+    val = _checked(x, other, op, true_divide)
     getattr(x.device.backend.xp, ufunc)(x.data, val, out=x.data)
     return x
 
@@ -71,12 +77,7 @@ def _operator(op, ufunc, out_of_place, true_divide=False):
         _leaf_refused(self, op)
         if autograd.is_grad_enabled():
             # out of place, recorded, the name rebound; the in-place checks still hold
-            _, res = _operand(self, other, op)
-            if true_divide and res.kind in "biu":
-                res = numpy.dtype(numpy.float64)
-            if not numpy.can_cast(res, self.dtype, "same_kind"):
-                raise TypeError(f"{op}: the result would be {res}, which cannot be stored in place in a "
-                                f"tensor of {self.dtype} (as in PyTorch); use the out-of-place operator")
+            _checked(self, other, op, true_divide)
             out = out_of_place(self, other)
             return out if out.dtype == self.dtype else M.astype(out, self.dtype)
         return _write(self, ufunc, other, op, true_divide)
