@@ -102,13 +102,14 @@ class Context:
 class Node:
     """One recorded application of a Function: its ctx and input tensors."""
 
-    __slots__ = ("fn", "ctx", "inputs", "freed")
+    __slots__ = ("fn", "ctx", "inputs", "freed", "versions")
 
-    def __init__(self, fn, ctx, inputs):
+    def __init__(self, fn, ctx, inputs, versions=()):
         self.fn = fn
         self.ctx = ctx
         self.inputs = inputs   # one entry per positional arg: Tensor or None
         self.freed = False
+        self.versions = versions   # (counter, value) of each tensor whose data ctx saved
 
     def __repr__(self):
         return f"<{self.fn.__name__}Backward>"
@@ -147,10 +148,32 @@ class Function:
         arrays = [a.data if isinstance(a, Tensor) else a for a in args]
         out = cls.forward(ctx, *arrays, **kwargs)
         result = Tensor._make(out, device, requires_grad=record)
+        _share_counter(result, tensors)
         if record:
+            # the versions of the tensors whose very arrays ctx saved (inputs or the output):
+            # an in-place write to one of them before backward makes backward refuse
+            versions = ()
+            if ctx.saved:
+                ids = {id(a) for a in ctx.saved}
+                versions = tuple((c, c[0]) for c in (t._counter() for t in tensors if id(t.data) in ids))
+                if id(out) in ids:
+                    c = result._counter()
+                    versions += ((c, c[0]),)
             result._node = Node(cls, ctx, tuple(
-                a if isinstance(a, Tensor) and a.requires_grad else None for a in args))
+                a if isinstance(a, Tensor) and a.requires_grad else None for a in args), versions)
         return result
+
+
+def _share_counter(result, tensors):
+    """A result viewing an input's memory shares that input's version counter
+    (a view's ``base`` is the input's array or that array's own base)."""
+    base = getattr(result.data, "base", None)
+    if base is None:                      # a fresh array: its own counter
+        return
+    for t in tensors:
+        if t.data is base or getattr(t.data, "base", None) is base:
+            result._ver = t._counter()
+            return
 
 
 def _reduce_to(g, shape, dtype):
@@ -224,6 +247,12 @@ def backward(tensor, gradient=None, retain_graph=False):
             raise RuntimeError(
                 "backward: trying to backward through the graph a second time; "
                 "its buffers were freed. Pass retain_graph=True the first time.")
+        for counter, version in node.versions:
+            if counter[0] != version:
+                raise RuntimeError(
+                    f"backward: a tensor that {node.fn.__name__} saved for its gradient was changed "
+                    f"in place afterwards (version {counter[0]}, saved at {version}), as PyTorch "
+                    f"would refuse too; write out of place (x = x + ...) or clone it first")
         in_grads = node.fn.backward(node.ctx, g)
         if not isinstance(in_grads, tuple):
             in_grads = (in_grads,)

@@ -44,7 +44,7 @@ class Tensor:
     ``grad`` is a Tensor or None; ``requires_grad`` marks leaves to train.
     """
 
-    __slots__ = ("data", "device", "_requires_grad", "_grad", "_node", "__weakref__")
+    __slots__ = ("data", "device", "_requires_grad", "_grad", "_node", "_ver", "__weakref__")
     __array_priority__ = 1000  # numpy scalars defer to our operators
 
     def __init__(self, data, device=None, requires_grad=False, dtype=None):
@@ -63,6 +63,19 @@ class Tensor:
         t._grad = None
         t._node = None
         return t
+
+    def _counter(self):
+        """The version counter (a one-item list) this tensor shares with the
+        tensors that view its memory; in-place writes move it, and a backward
+        pass that needs a value saved before a write refuses (as PyTorch)."""
+        try:
+            return self._ver
+        except AttributeError:
+            self._ver = [0]
+            return self._ver
+
+    def _bump(self):
+        self._counter()[0] += 1
 
     @property
     def requires_grad(self):
@@ -167,8 +180,10 @@ class Tensor:
         return self.to(f"cuda:{index}")
 
     def detach(self):
-        """The same data, cut from the graph (shares memory)."""
-        return Tensor._make(self.data, self.device)
+        """The same data, cut from the graph (shares memory and the version counter)."""
+        t = Tensor._make(self.data, self.device)
+        t._ver = self._counter()
+        return t
 
     def requires_grad_(self, requires_grad=True):
         """Set ``requires_grad`` in place (floating tensors only; on a leaf, as PyTorch)."""
@@ -194,6 +209,7 @@ class Tensor:
     def zero_(self):
         self._check_inplace("zero_")
         self.data[...] = 0
+        self._bump()
         return self
 
     def copy_(self, other):
@@ -202,6 +218,7 @@ class Tensor:
         if isinstance(other, Tensor) and other.device != self.device:
             raise ValueError(f"copy_: source on {other.device}, destination on {self.device}")
         self.data[...] = src
+        self._bump()
         return self
 
     # ---- copying and pickling ------------------------------------------------

@@ -388,13 +388,36 @@ def test_in_place_operators_write_into_the_tensor(device):
     b += a                                      # recorded: b = b + a
     b.sum().backward()
     assert a.grad.tolist() == [3.0, 3.0]
-    # with grad mode on the operators rebind: a tensor a graph saved keeps its values
+    # a tensor a graph saved, then changed in place: backward refuses, as PyTorch's does
     x = gpudl.tensor([3.0, 4.0], device=device)
     s = (a * x).sum()
     x += 10
+    assert x.tolist() == [13.0, 14.0]
+    with pytest.raises(RuntimeError, match="Mul saved for its gradient was changed in place"):
+        s.backward()
+    s = (a + x).sum()                           # Add saves nothing: fine
+    x *= 2
     a.grad = None
     s.backward()
-    assert a.grad.tolist() == [3.0, 4.0] and x.tolist() == [13.0, 14.0]
+    assert a.grad.tolist() == [1.0, 1.0]
+    e = a.exp()                                 # Exp saves its output
+    with gpudl.no_grad():
+        e.add_(1)
+    with pytest.raises(RuntimeError, match="Exp saved"):
+        e.sum().backward()
+    v = gpudl.zeros(3, device=device)
+    view = v[1:]
+    s = (a * view).sum()
+    v[0] = 5.0                                  # a write into the base moves the views' counter too
+    with pytest.raises(RuntimeError, match="changed in place"):
+        s.backward()
+    p = nn_param = gpudl.ones(2, device=device, requires_grad=True)
+    s = (p * p).sum()
+    opt = gpudl.optim.SGD([nn_param], lr=0.1)
+    p.grad = gpudl.ones(2, device=device)
+    opt.step()                                  # the step writes p in place
+    with pytest.raises(RuntimeError, match="Mul saved"):
+        s.backward()
     i = gpudl.tensor([1, 2], device=device)
     i += 1
     assert i.tolist() == [2, 3] and i.dtype == np.int64
@@ -501,3 +524,17 @@ def test_review_edges_of_indexing_sums_and_nan_maxima(device):
     x = gpudl.tensor([[1.0, np.nan, np.nan], [2.0, 3.0, 3.0]], device=device, requires_grad=True)
     x.amax(1).sum().backward()               # PyTorch's amax: NaN there (max() shares it)
     assert np.isnan(x.grad.numpy()[0]).all() and x.grad.tolist()[1] == [0.0, 0.5, 0.5]
+
+
+def test_version_counters_are_shared_by_views_detach_and_parameters(device):
+    x = gpudl.zeros(4, device=device)
+    assert x[1:]._counter() is x._counter() and x.reshape(2, 2)._counter() is x._counter()
+    assert x.detach()._counter() is x._counter()
+    assert (x + 1)._counter() is not x._counter()
+    p = gpudl.nn.Parameter(x)
+    assert p._counter() is x._counter()
+    a = gpudl.ones(4, device=device, requires_grad=True)
+    s = (a * x.detach()).sum()
+    x.zero_()                                   # through another name for the same memory
+    with pytest.raises(RuntimeError, match="changed in place"):
+        s.backward()

@@ -1,15 +1,19 @@
 """In-place arithmetic: ``x += y`` and ``add_``, ``sub_``, ``mul_``, ``div_``,
 ``fill_``, ``clamp_``, with PyTorch's rules.
 
-gpudl's autograd records no in-place operations and keeps no version
-counters (PyTorch's way to notice a saved tensor changed under a graph), so:
+Every in-place write moves the tensor's version counter (shared with its
+views), and a backward pass that needs a value saved before such a write
+refuses, as PyTorch's does.  gpudl's autograd does not record in-place
+operations themselves, so:
 
-- the *operators* (``+=``, ``-=``, ...) write into the tensor's storage,
-  views included, under ``no_grad()`` -- a hand-written
-  ``with no_grad(): p -= lr * p.grad`` updates p, as in PyTorch; with grad
-  mode on they compute out of place and rebind the name (with the same shape
-  and dtype checks), which autograd records correctly, also for a tensor a
-  graph has saved (other names and views keep the old values);
+- with nothing to record (grad mode off, or no tensor involved requires
+  grad) the *operators* (``+=``, ``-=``, ...) write into the tensor's storage,
+  views included -- a hand-written ``with no_grad(): p -= lr * p.grad``
+  updates p, as in PyTorch;
+- where the write would have to be recorded they compute out of place and
+  rebind the name (with the same shape and dtype checks), which autograd
+  records correctly (other names and views keep the old values, where
+  PyTorch would write through);
 - a leaf that requires grad is refused while grad mode is on, as in PyTorch;
 - the *methods* (``add_``, ...) always write in place; while recording they
   are refused with a clear error, as setitem, ``copy_`` and ``zero_`` are.
@@ -69,13 +73,14 @@ def _checked(x, other, op, true_divide):
 def _write(x, ufunc, other, op, true_divide=False):
     val = _checked(x, other, op, true_divide)
     getattr(x.device.backend.xp, ufunc)(x.data, val, out=x.data)
+    x._bump()
     return x
 
 
 def _operator(op, ufunc, out_of_place, true_divide=False):
     def iop(self, other):
         _leaf_refused(self, op)
-        if autograd.is_grad_enabled():
+        if _recording(self, other):
             # out of place, recorded, the name rebound; the in-place checks still hold
             _checked(self, other, op, true_divide)
             out = out_of_place(self, other)
@@ -107,6 +112,7 @@ def fill_(self, value):
         value = value.item()
     _operand(self, value, "fill_")
     self.data[...] = value
+    self._bump()
     return self
 
 
@@ -126,6 +132,7 @@ def clamp_(self, min=None, max=None):
         xp.maximum(self.data, min.data if isinstance(min, Tensor) else min, out=self.data)
     if max is not None:
         xp.minimum(self.data, max.data if isinstance(max, Tensor) else max, out=self.data)
+    self._bump()
     return self
 
 

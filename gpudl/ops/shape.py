@@ -279,6 +279,7 @@ def setitem(x, idx, value):
         for part in steps[:-1]:
             target = target[part]              # plain selections: a view
         target[steps[-1]] = value
+        x._bump()
     except (IndexError, ValueError) as e:
         raise type(e)(f"setitem: {e} (tensor of shape {x.shape})") from None
 

@@ -136,6 +136,7 @@ class Optimizer:
             if g.shape != p.data.shape:
                 raise ValueError(f"step: gradient of shape {tuple(g.shape)} for a parameter of shape {p.shape}")
             self._update(p, g, self.state.setdefault(p, {}), group)
+            p._bump()        # an in-place write: a graph that saved p refuses to backpropagate after it
         return loss
 
     def _with_grad(self):
