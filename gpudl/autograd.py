@@ -293,5 +293,6 @@ def _accumulate_leaf(t, g):
         t._grad = Tensor._make(g.copy(), t.device)
     elif writeable(t._grad.data):
         t._grad.data += g           # .grad owns its storage (above), as in PyTorch
+        t._grad._bump()
     else:                           # a read-only array a user assigned
         t._grad = Tensor._make(t._grad.data + g, t.device)

@@ -62,6 +62,7 @@ class Tensor:
         t._requires_grad = requires_grad
         t._grad = None
         t._node = None
+        t._ver = [0]
         return t
 
     def _counter(self):

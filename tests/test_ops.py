@@ -538,3 +538,32 @@ def test_version_counters_are_shared_by_views_detach_and_parameters(device):
     x.zero_()                                   # through another name for the same memory
     with pytest.raises(RuntimeError, match="changed in place"):
         s.backward()
+
+
+def test_version_checks_cover_rnn_weights_state_dict_loads_grad_accumulation_and_indices():
+    import gpudl.nn as nn
+    m = nn.LSTM(3, 4)
+    out, _ = m(gpudl.randn(5, 2, 3))
+    loss = (out * out).sum()
+    with gpudl.no_grad():
+        m.weight_hh_l0.mul_(2)
+    with pytest.raises(RuntimeError, match="_ScanRoot saved"):
+        loss.backward()
+    lin = nn.Linear(3, 2)
+    x = gpudl.ones(4, 3, requires_grad=True)
+    y = (lin(x) * lin(x)).sum()
+    lin.load_state_dict({k: v * 2 for k, v in lin.state_dict().items()})
+    with pytest.raises(RuntimeError, match="changed in place"):
+        y.backward()
+    w = gpudl.ones(3, requires_grad=True)
+    (w * 2).sum().backward()
+    y = (w * w.grad).sum()
+    (w * 3).sum().backward()                    # accumulates into the .grad that y saved
+    with pytest.raises(RuntimeError, match="changed in place"):
+        y.backward()
+    x = gpudl.zeros(5, requires_grad=True)
+    i = gpudl.tensor([0, 1])
+    y = x[i].sum()
+    i[0] = 4
+    with pytest.raises(RuntimeError, match="GetItem saved"):
+        y.backward()

@@ -70,6 +70,7 @@ def _write(tensor, host):
     """Copy the host array ``host`` into ``tensor`` in place, on its device, in its dtype."""
     with no_grad():
         tensor.data[...] = tensor.device.backend.asarray(host.astype(tensor.dtype, copy=False))
+    tensor._bump()
     return tensor
 
 
@@ -102,6 +103,7 @@ def constant_(tensor, val):
     _check(tensor, "constant_")
     with no_grad():
         tensor.data[...] = val
+    tensor._bump()
     return tensor
 
 

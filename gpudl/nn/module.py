@@ -347,6 +347,7 @@ class Module:
                                + "\n\t".join(errors))
         for dest, src in staged:
             dest.data[...] = src.astype(dest.dtype, copy=False)
+            dest._bump()
         return _IncompatibleKeys(missing, unexpected)
 
     # ---- mode and movement --------------------------------------------

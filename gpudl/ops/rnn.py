@@ -441,6 +441,9 @@ class _ScanRoot(Function):
     @staticmethod
     def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, scan):
         ctx.scan = scan
+        # the scan reads these in its backward: saved, so that an in-place change
+        # to one of them before backward is caught (see autograd's version counters)
+        ctx.save_for_backward(*(a for a in (x, w_ih, w_hh, b_ih, b_hh) if a is not None))
         return scan.token
 
     @staticmethod

@@ -248,13 +248,17 @@ class GetItem(Function):
 
 
 def getitem(x, idx):
+    tensors = [i for i in (idx if isinstance(idx, tuple) else (idx,)) if isinstance(i, Tensor)]
     idx = _convert_index(idx, x)
     try:
         for part in _torch_order(idx if isinstance(idx, tuple) else (idx,), x.ndim):
             x = GetItem.apply(x, part)
-        return x
     except IndexError as e:
         raise IndexError(f"index: {e} (tensor of shape {x.shape})") from None
+    if tensors and x._node is not None:
+        # the backward scatters through the index: it must not change before then
+        x._node.versions += tuple((c, c[0]) for c in (i._counter() for i in tensors))
+    return x
 
 
 def setitem(x, idx, value):
