@@ -128,6 +128,11 @@ def _check_devices(op, tensors):
 class Function:
     """Base of every differentiable op; see the module docstring."""
 
+    # For each array ctx.save_for_backward keeps, the input whose gradient reads it
+    # (None: any).  A saved array whose reader needs no gradient is not version-checked,
+    # so changing it in place before backward is fine, as in PyTorch.
+    saved_for = None
+
     @staticmethod
     def forward(ctx, *args, **kwargs):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -154,7 +159,8 @@ class Function:
             # an in-place write to one of them before backward makes backward refuse
             versions = ()
             if ctx.saved:
-                ids = {id(a) for a in ctx.saved}
+                readers = cls.saved_for
+                ids = {id(a) for k, a in enumerate(ctx.saved) if readers is None or needs[readers[k]]}
                 versions = tuple((c, c[0]) for c in (t._counter() for t in tensors if id(t.data) in ids))
                 if id(out) in ids:
                     c = result._counter()

@@ -567,3 +567,20 @@ def test_version_checks_cover_rnn_weights_state_dict_loads_grad_accumulation_and
     i[0] = 4
     with pytest.raises(RuntimeError, match="GetItem saved"):
         y.backward()
+
+
+def test_a_saved_operand_whose_gradient_is_not_needed_may_change(device):
+    """As PyTorch: w * x with x needing no gradient reads only x in backward,
+    so w may change in place meanwhile; x may not."""
+    w = gpudl.ones(3, device=device, requires_grad=True)
+    x = gpudl.tensor([1.0, 2.0, 3.0], device=device)
+    y = (w * x).sum()
+    with gpudl.no_grad():
+        w.add_(1)
+    y.backward()
+    assert w.grad.tolist() == [1.0, 2.0, 3.0]
+    y = (w @ x.reshape(3, 1)).sum()
+    with gpudl.no_grad():
+        x.add_(1)
+    with pytest.raises(RuntimeError, match="MatMul saved"):
+        y.backward()

@@ -35,6 +35,8 @@ class Sub(Function):
 
 
 class Mul(Function):
+    saved_for = (1, 0)      # a is read for b's gradient, b for a's (see Function.saved_for)
+
     @staticmethod
     def forward(ctx, a, b):
         ctx.save_for_backward(a, b)
@@ -275,6 +277,8 @@ def astype(x, dtype):
 # ---- matmul --------------------------------------------------------------------
 
 class MatMul(Function):
+    saved_for = (1, 0)
+
     @staticmethod
     def forward(ctx, a, b):
         ctx.save_for_backward(a, b)
