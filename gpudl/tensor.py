@@ -200,10 +200,16 @@ class Tensor:
     def backward(self, gradient=None, retain_graph=False):
         autograd.backward(self, gradient, retain_graph)
 
+    def _inplace_needs_recording(self, other=None):
+        """Whether an in-place write of ``other`` into this tensor would have to
+        be recorded: grad mode on and this tensor, or what is written, requires grad."""
+        return autograd.is_grad_enabled() and (
+            self.requires_grad or (isinstance(other, Tensor) and other.requires_grad))
+
     def _check_inplace(self, op, other=None):
-        """In-place writes are not recorded by autograd: refused (as setitem) while
-        grad mode is on and this tensor, or what is written, requires grad."""
-        if autograd.is_grad_enabled() and (self.requires_grad or (isinstance(other, Tensor) and other.requires_grad)):
+        """In-place writes are not recorded by autograd: refused (as setitem)
+        where they would have to be (see _inplace_needs_recording)."""
+        if self._inplace_needs_recording(other):
             raise RuntimeError(f"{op}: an in-place write is not recorded by autograd and a tensor here requires "
                                f"grad; do it under gpudl.no_grad() or on .detach()")
 

@@ -842,15 +842,14 @@ def _conv_flops(g):
     return 2.0 * g.N * g.O * g.h.Lo * g.w.Lo * g.Cg * g.kH * g.kW
 
 
+@_quiet     # (the grid's positions between the outputs meet input values too: an inf
+            # input makes NaNs there that nobody reads, and NumPy would warn about them)
 def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     """2-D cross-correlation, PyTorch semantics; see the module docstring."""
     dt = _float_dtype(x, w)
     g = _Geom(x.shape, w.shape, stride, padding, dilation, groups, dt)
     small = _conv_flops(g) < _SERIAL_FLOPS
-    # (quiet, as PyTorch and the GPU are: the grid's positions between the
-    # outputs meet input values too, so an inf input makes NaNs there that
-    # nobody reads; NumPy would warn about them)
-    with _serial(small), _hold_blas(not small), np.errstate(invalid="ignore", over="ignore"):
+    with _serial(small), _hold_blas(not small):
         return _conv2d_forward(x, w, b, g, dt)
 
 
@@ -880,6 +879,7 @@ def _conv2d_forward(x, w, b, g, dt):
     return y
 
 
+@_quiet
 def conv2d_backward(x, w, gy, stride, padding, dilation, groups,
                     need=(True, True, True)):
     """Gradients of :func:`conv2d_forward`: ``(gx, gw, gb)``, None where
@@ -888,7 +888,7 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, groups,
     dt = _float_dtype(x, w, gy)
     g = _Geom(x.shape, w.shape, stride, padding, dilation, groups, dt)
     small = _conv_flops(g) < _SERIAL_FLOPS
-    with _serial(small), _hold_blas(not small), np.errstate(invalid="ignore", over="ignore"):
+    with _serial(small), _hold_blas(not small):
         w_bad = not np.isfinite(np.add.reduce(w, axis=None))
         gx, gw, gb = _conv2d_backward(x, w, gy, g, dt, need_x and not w_bad, need_w, need_b)
         # non-finite data: the definition where the fast paths made NaNs it
@@ -1144,10 +1144,11 @@ def max_pool2d_backward(gy, argmax, x_shape, kernel, stride, padding):
     """Scatter ``gy`` to the argmax positions; overlapping windows add up."""
     kernel, stride, padding, N, C, H, W, Ho, Wo = _pool_setup(x_shape, kernel, stride, padding)
     dt = gy.dtype if gy.dtype.kind == "f" else np.dtype(np.float64)
-    finite = bool(np.isfinite(np.add.reduce(gy, axis=None))) if gy.size else True
-    # (the tiling path multiplies by a 0/1 mask: a non-finite gradient would
-    # reach the whole window, 0 * inf = NaN; the scatter gives it to the argmax alone)
-    if not finite or not _tiles(H, W, Ho, Wo, kernel, stride, padding):
+    # The tiling path multiplies by a 0/1 mask: a non-finite gradient would reach
+    # the whole window (0 * inf = NaN), so it takes the scatter, which gives it
+    # to the argmax alone.  (One pass over gy, on the tiling layout only.)
+    tiles = _tiles(H, W, Ho, Wo, kernel, stride, padding)
+    if not tiles or (gy.size and not np.isfinite(np.add.reduce(gy, axis=None))):
         # Any other window layout: one scatter-add over flat indices
         # (bincount sums in float64, in a fixed order: deterministic).
         if gy.size == 0:

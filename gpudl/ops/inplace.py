@@ -29,11 +29,6 @@ from ..tensor import Tensor
 from . import math as M
 
 
-def _recording(x, other=None):
-    return autograd.is_grad_enabled() and (
-        x.requires_grad or (isinstance(other, Tensor) and other.requires_grad))
-
-
 def _leaf_refused(x, op):
     if autograd.is_grad_enabled() and x.requires_grad and x.grad_fn is None:
         raise RuntimeError(f"{op}: a leaf tensor that requires grad cannot be changed in place (as in "
@@ -80,7 +75,7 @@ def _write(x, ufunc, other, op, true_divide=False):
 def _operator(op, ufunc, out_of_place, true_divide=False):
     def iop(self, other):
         _leaf_refused(self, op)
-        if _recording(self, other):
+        if self._inplace_needs_recording(other):
             # out of place, recorded, the name rebound; the in-place checks still hold
             _checked(self, other, op, true_divide)
             out = out_of_place(self, other)
