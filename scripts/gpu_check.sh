@@ -4,7 +4,8 @@
 # pytest (no network needed). Run from the source tree; results land in $OUT (default
 # gpu-report/) as six files: summary.txt, pytest.txt, sanitizer.txt, mnist.json,
 # bench.json, bench.log. Every step has its own time limit (seconds, overridable:
-# T_PYTEST, T_SANITIZER, T_MNIST, T_TRAIN, T_BENCH) so one hang cannot eat the whole run.
+# T_PYTEST, T_SANITIZER, T_MNIST, T_TRAIN, T_BENCH; T_TEST per test) so one hang cannot eat the
+# whole run. PYTEST_WORKERS (default 4) spreads the CUDA tests over processes with pytest-xdist.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-report}
@@ -23,7 +24,12 @@ step "device"
   $PY -m gpudl info; } 2>&1 | tee -a "$S"
 
 step "pytest: every device-parametrised test on cuda, plus the parity tests"
-timeout "${T_PYTEST:-240}" $PY -m pytest -q -p no:cacheprovider tests \
+# Spread over PYTEST_WORKERS processes (default 4) where pytest-xdist is installed, and give
+# each test at most T_TEST seconds where pytest-timeout is: one hang costs one test, not the step.
+par=()
+$PY -c "import xdist" 2>/dev/null && [ "${PYTEST_WORKERS:-4}" -gt 1 ] && par+=(-n "${PYTEST_WORKERS:-4}")
+$PY -c "import pytest_timeout" 2>/dev/null && par+=(--timeout "${T_TEST:-60}")
+timeout "${T_PYTEST:-240}" $PY -m pytest -q -p no:cacheprovider "${par[@]}" tests \
     -k "(cuda or parity) and not emulated" -rfEs --tb=short > "$OUT/pytest.txt" 2>&1 \
     || fail "pytest (exit $?)"
 tail -1 "$OUT/pytest.txt" | tee -a "$S"
