@@ -28,8 +28,9 @@ test-fast: $(STAMP)
 # The emulated kernels once more, built with -fsanitize=address and run with blocks
 # and threads in reverse order: an out-of-bounds access in any .cu file, or a result
 # that depends on the order threads run in (a missing __syncthreads), fails here.
+# -DGD_INDEX64 builds them with 64-bit loop indices only: the path huge tensors take.
 test-asan: $(STAMP)
-	GPUDL_EMU_ORDER=reverse $(BIN)/python -m gpudl.testing.asan_run tests/test_kernels_emulated.py tests/test_lstm_kernel.py tests/test_batchnorm_kernel.py tests/test_optim_kernel.py
+	GPUDL_EMU_ORDER=reverse GPUDL_EMU_CXXFLAGS=-DGD_INDEX64 $(BIN)/python -m gpudl.testing.asan_run tests/test_kernels_emulated.py tests/test_lstm_kernel.py tests/test_batchnorm_kernel.py tests/test_optim_kernel.py
 
 bench: $(STAMP)
 	$(BIN)/python -m gpudl.bench all

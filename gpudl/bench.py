@@ -1,4 +1,5 @@
-"""Benchmarks: ``python -m gpudl.bench ops|models|knn|all [--device cpu] [--repeat N] [--json]``.
+"""Benchmarks: ``python -m gpudl.bench ops|models|knn|all [--device cpu] [--repeat N] [--json]``;
+``python -m gpudl.bench show FILE.json`` prints the tables of a saved ``--json`` document.
 
 ``ops`` and ``models`` are entries of :data:`SUBCOMMANDS`: a function that adds
 its own options to an argparse parser and a function that runs it; ``knn``
@@ -118,13 +119,17 @@ def print_table(results, file=sys.stdout):
 # ---------------------------------------------------------------------------
 # ops: the kernel-level functions
 
+_TARGET_INNER = 10      # calls per timed sample of the GPU targets' cases
+
+
 def _ops_args(p):
     p.add_argument("--threads", type=int, default=2,
                    help="torch.set_num_threads for the PyTorch peer (default 2)")
     p.add_argument("--no-torch", action="store_true", help="time gpudl only")
     p.add_argument("--targets", action=argparse.BooleanOptionalAction, default=None,
                    help="also the GPU targets' cases: ResNet-20 convolutions at batch 128, pooling on "
-                        "256 MiB, softmax cross-entropy on 8192x4096, with GB/s against a copy "
+                        "256 MiB, softmax cross-entropy on 8192x4096, with GB/s against a copy; "
+                        f"each sample is {_TARGET_INNER} calls back to back, as in training "
                         "(default: on for a GPU, off for the CPU)")
 
 
@@ -310,7 +315,9 @@ def _ops_run(args):
     targets = args.targets if args.targets is not None else args.device not in (None, "cpu")
     if targets:
         cases = _target_cases(backend, torch, args.device)
-        found = compare(cases, args.repeat)
+        # back to back, as in training: the device's throughput, not one call's round trip
+        found = compare(cases, args.repeat, inner=_TARGET_INNER)
+        meta["target_inner"] = _TARGET_INNER
         meta["copy_gbps"] = _copy_bandwidth(backend)
         _add_bandwidth(found, cases, meta["copy_gbps"])
         results += found
@@ -361,7 +368,8 @@ def build_parser():
         prog="python -m gpudl.bench",
         description="gpudl benchmarks, next to PyTorch where it is installed",
         epilog="also: knn (k-nearest neighbours against scikit-learn; knn --help for its options) "
-               "and all (ops, models and knn in turn, with --device, --repeat and --json handed on)")
+               "and all (ops, models and knn in turn, with --device, --repeat and --json handed on); "
+               "show FILE.json prints the tables of a saved --json document")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (help_, add_args, _) in SUBCOMMANDS.items():
@@ -417,8 +425,39 @@ def _all(rest):
     return rc
 
 
+def show(path, file=sys.stdout):
+    """Print the tables of a ``--json`` document (one subcommand's, or ``all``'s parts)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: expected the JSON that `python -m gpudl.bench ... --json` "
+                         f"prints ({e})") from None
+    parts = doc.get("parts", [doc]) if isinstance(doc, dict) else None
+    if not isinstance(parts, list) or not all(isinstance(d, dict) and "bench" in d for d in parts):
+        raise ValueError(f"{path}: expected a benchmark document with 'bench' (or 'parts'), "
+                         f"got {type(doc).__name__}")
+    for d in parts:
+        meta = {k: v for k, v in d.items() if k not in ("bench", "results")}
+        print(f"gpudl bench {d['bench']}: " + " ".join(f"{k}={v}" for k, v in meta.items()
+                                                     if not isinstance(v, (dict, list))), file=file)
+        if "results" in d:
+            print_table(d["results"], file=file)
+        print(file=file)
+    return 0
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["show"]:         # the tables of a saved --json document
+        if len(argv) != 2:
+            print("usage: python -m gpudl.bench show FILE.json", file=sys.stderr)
+            return 2
+        try:
+            return show(argv[1])
+        except ValueError as e:
+            print(f"gpudl bench show: {e}", file=sys.stderr)
+            return 2
     if argv[:1] == ["knn"]:          # KNN against scikit-learn has its own options
         from .bench_knn import main as knn_main
         return knn_main(argv[1:])

@@ -18,6 +18,38 @@ typedef long long gd_index;
     for (gd_index i = (gd_index)blockIdx.x * blockDim.x + threadIdx.x;        \
          i < (n); i += (gd_index)blockDim.x * gridDim.x)
 
+// The same loop with an index of type I.  Kernels that split a flat index
+// into coordinates (divisions and remainders) run it with I = int where
+// gd_fits_int(n) says the loop cannot overflow: 64-bit integer division is
+// a long software routine on a GPU, 32-bit division a few instructions.
+#define GD_KERNEL_LOOP_T(I, i, n)                                             \
+    for (I i = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x;                \
+         i < (I)(n); i += (I)blockDim.x * (I)gridDim.x)
+
+// f<T, int>(...) when a loop over n fits 32-bit indices, else f<T, gd_index>(...).
+#define GD_INDEX_DISPATCH(n, f, T, ...)                                       \
+    do {                                                                      \
+        if (gd_fits_int(n)) f<T, int>(__VA_ARGS__);                           \
+        else f<T, gd_index>(__VA_ARGS__);                                     \
+    } while (0)
+
+// r % d, leaving r / d in r (one division).
+template <typename I>
+__device__ inline int gd_divmod(I& r, int d) {
+    const I q = r / d;
+    const int m = (int)(r - q * d);
+    r = q;
+    return m;
+}
+
+__device__ inline bool gd_fits_int(gd_index n) {
+#ifdef GD_INDEX64
+    return false;                    // tests: the 64-bit path that huge tensors take
+#else
+    return n + (gd_index)blockDim.x * gridDim.x <= (gd_index)2147483647;
+#endif
+}
+
 // Overloads so templates call the precision that matches T.
 __device__ inline float gd_exp(float x) { return expf(x); }
 __device__ inline double gd_exp(double x) { return exp(x); }

@@ -16,20 +16,19 @@
 //                    every input pixel sums its own contributions, no atomics)
 #include "common.cuh"
 
-template <typename T>
+template <typename T, typename I>
 __device__ void im2col_impl(const T* __restrict__ x, T* __restrict__ cols,
                             int n0, int nb, int C, int H, int W,
                             int kH, int kW, int sh, int sw, int ph, int pw,
                             int dh, int dw, int Ho, int Wo) {
-    const gd_index L = (gd_index)Ho * Wo;
-    const gd_index total = (gd_index)nb * C * kH * kW * L;
-    GD_KERNEL_LOOP(i, total) {
-        gd_index r = i;
-        const int ow = (int)(r % Wo); r /= Wo;
-        const int oh = (int)(r % Ho); r /= Ho;
-        const gd_index n = r % nb;  r /= nb;   // image within the chunk
-        const int kw = (int)(r % kW); r /= kW;
-        const int kh = (int)(r % kH); r /= kH;
+    const gd_index total = (gd_index)nb * C * kH * kW * Ho * Wo;
+    GD_KERNEL_LOOP_T(I, i, total) {
+        I r = i;
+        const int ow = gd_divmod(r, Wo);
+        const int oh = gd_divmod(r, Ho);
+        const int n = gd_divmod(r, nb);        // image within the chunk
+        const int kw = gd_divmod(r, kW);
+        const int kh = gd_divmod(r, kH);
         const int c = (int)r;
         const int h = oh * sh - ph + kh * dh;
         const int w = ow * sw - pw + kw * dw;
@@ -40,19 +39,19 @@ __device__ void im2col_impl(const T* __restrict__ x, T* __restrict__ cols,
     }
 }
 
-template <typename T>
+template <typename T, typename I>
 __device__ void col2im_impl(const T* __restrict__ cols, T* __restrict__ gx,
                             int n0, int nb, int C, int H, int W,
                             int kH, int kW, int sh, int sw, int ph, int pw,
                             int dh, int dw, int Ho, int Wo) {
     const gd_index L = (gd_index)Ho * Wo;
     const gd_index total = (gd_index)nb * C * H * W;
-    GD_KERNEL_LOOP(i, total) {
-        gd_index r = i;
-        const int w = (int)(r % W); r /= W;
-        const int h = (int)(r % H); r /= H;
-        const gd_index n = r / C;  // image within the chunk
-        const int c = (int)(r - n * C);
+    GD_KERNEL_LOOP_T(I, i, total) {
+        I r = i;
+        const int w = gd_divmod(r, W);
+        const int h = gd_divmod(r, H);
+        const int c = gd_divmod(r, C);
+        const gd_index n = r;                  // image within the chunk
         const T* col = cols + (gd_index)c * kH * kW * nb * L + n * L;
         T acc = T(0);
         for (int kh = 0; kh < kH; ++kh) {
@@ -78,15 +77,25 @@ __device__ void col2im_impl(const T* __restrict__ cols, T* __restrict__ gx,
     int sh, int sw, int ph, int pw, int dh, int dw, int Ho, int Wo
 #define GD_CONV_PASS n0, nb, C, H, W, kH, kW, sh, sw, ph, pw, dh, dw, Ho, Wo
 
+// 32-bit indices unless the flat size needs 64 (common.cuh, GD_KERNEL_LOOP_T).
+template <typename T>
+__device__ void im2col(const T* x, T* cols, GD_CONV_ARGS) {
+    GD_INDEX_DISPATCH((gd_index)nb * C * kH * kW * Ho * Wo, im2col_impl, T, x, cols, GD_CONV_PASS);
+}
+template <typename T>
+__device__ void col2im(const T* cols, T* gx, GD_CONV_ARGS) {
+    GD_INDEX_DISPATCH((gd_index)nb * C * H * W, col2im_impl, T, cols, gx, GD_CONV_PASS);
+}
+
 extern "C" __global__ void conv2d_im2col_f32(const float* x, float* cols, GD_CONV_ARGS) {
-    im2col_impl<float>(x, cols, GD_CONV_PASS);
+    im2col<float>(x, cols, GD_CONV_PASS);
 }
 extern "C" __global__ void conv2d_im2col_f64(const double* x, double* cols, GD_CONV_ARGS) {
-    im2col_impl<double>(x, cols, GD_CONV_PASS);
+    im2col<double>(x, cols, GD_CONV_PASS);
 }
 extern "C" __global__ void conv2d_col2im_f32(const float* cols, float* gx, GD_CONV_ARGS) {
-    col2im_impl<float>(cols, gx, GD_CONV_PASS);
+    col2im<float>(cols, gx, GD_CONV_PASS);
 }
 extern "C" __global__ void conv2d_col2im_f64(const double* cols, double* gx, GD_CONV_ARGS) {
-    col2im_impl<double>(cols, gx, GD_CONV_PASS);
+    col2im<double>(cols, gx, GD_CONV_PASS);
 }

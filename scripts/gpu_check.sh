@@ -64,7 +64,8 @@ done
 step "benchmark: python -m gpudl.bench all --device cuda --json"
 timeout "${T_BENCH:-150}" $PY -m gpudl.bench all --device cuda --repeat 9 --json \
     > "$OUT/bench.json" 2> "$OUT/bench.log" || fail "benchmark (exit $?)"
-tail -25 "$OUT/bench.log" | tee -a "$S"
+tail -5 "$OUT/bench.log" | tee -a "$S"
+$PY -m gpudl.bench show "$OUT/bench.json" 2>&1 | tee -a "$S"
 
 step "done (status $status)"
 exit $status

@@ -12,7 +12,8 @@ from gpudl.backend import numpy_backend as cpu
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-11, atol=1e-12)}
 DTYPES = [np.float32, np.float64]
 # (N, C), (N, C, L) and images; one value per channel and sample up to several blocks' worth
-SHAPES = [(5, 3), (2, 70), (4, 3, 7), (3, 2, 40, 33), (64, 16, 8, 8), (1, 1, 2, 2)]
+SHAPES = [(5, 3), (2, 70), (4, 3, 7), (3, 2, 40, 33), (64, 16, 8, 8), (1, 1, 2, 2),
+          (4, 2, 64, 64)]       # 16384 values a channel: the 1024-thread blocks
 
 
 def reference(x, w, b, g):

@@ -84,3 +84,35 @@ def test_all_hands_device_and_repeat_to_each_part(monkeypatch):
     assert calls == [("bench", ["ops", "--device", "cpu", "--repeat", "3", "--no-targets"]),
                      ("bench", ["models", "--device", "cpu", "--repeat", "3"]),
                      ("knn", ["--device", "cpu", "--repeat", "3"])]
+
+
+def test_show_prints_the_tables_of_a_saved_document(tmp_path):
+    doc = {"bench": "all", "parts": [
+        {"bench": "ops", "device": "cuda", "copy_gbps": 2855.0, "results": [
+            {"name": "max_pool2d 2x2", "shape": "256x64x64x64", "gpudl_ms": 1.25, "torch_ms": 1.5,
+             "ratio": 0.83, "gbps": 640.0, "pct_of_copy": 22.4}]},
+        {"bench": "knn", "device": "cuda:0", "gpudl_ms": 10.7, "sklearn_ms": 223.3, "ratio": 0.048}]}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(doc))
+    text = _bench("show", str(path))
+    assert "max_pool2d 2x2" in text and "0.83" in text and "640 ( 22%)" in text
+    assert "gpudl bench knn:" in text and "sklearn_ms=223.3" in text
+    path.write_text("[1, 2]")
+    r = subprocess.run([sys.executable, "-m", "gpudl.bench", "show", str(path)], capture_output=True,
+                       text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=60)
+    assert r.returncode == 2 and str(path) in r.stderr and "'bench'" in r.stderr
+
+
+def test_gpu_kernel_times_script_runs_every_case_on_the_emulated_gpu():
+    """scripts/gpu_kernel_times.py (the device-time probe of docs/gpu-report.md), SMALL=1: every
+    case runs through the CUDA backend's code on the emulator and reports two numbers."""
+    from gpudl.testing import emulated_device_unavailable_reason
+    if emulated_device_unavailable_reason():
+        import pytest
+        pytest.skip(emulated_device_unavailable_reason())
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "gpu_kernel_times.py"), "x"],
+                       capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, PYTHONPATH=ROOT, SMALL="1"))
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)["x"]
+    assert len(res) == 9 and all(isinstance(v, list) and len(v) == 2 for v in res.values()), res

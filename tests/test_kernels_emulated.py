@@ -218,6 +218,9 @@ POOL_CASES = [
     (1, 3, 17, 19, 5, 3, 2),
     (3, 5, 16, 16, 3, 1, 1),                # heavy overlap, 3840 inputs
     (2, 1, 5, 5, 4, 3, 2),                  # even kernel, padding = k/2
+    (2, 3, 9, 12, 3, 3, 0),                 # tiling 3x3 windows
+    (1, 2, 6, 8, (2, 4), (2, 4), 0),        # tiling rectangular windows
+    (2, 2, 7, 9, 2, 2, 0),                  # kernel == stride, a row and a column left over
 ]
 
 
