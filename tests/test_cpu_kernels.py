@@ -6,7 +6,9 @@ differences of the forward; dtypes, strides and edge cases by hand.
 """
 import importlib.util
 import itertools
+import os
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -921,3 +923,51 @@ def test_a_child_forked_during_a_hold_gets_blas_threads_back():
     finally:
         held.__exit__(None, None, None)
     assert _openblas_threads() == before
+
+
+_FAULTS_SCRIPT = r"""
+import resource, sys
+import numpy as np
+from gpudl.backend import _cpu_kernels as K
+def cycle():        # what a training step does: big arrays freed and made again
+    a = np.ones(5 << 20, np.float32); b = np.ones(5 << 20, np.float32); del b; del a
+for _ in range(3): cycle()
+f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5): cycle()
+print(K._ALLOCATOR_TUNED, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) // 5)
+"""
+
+
+def _glibc():
+    import ctypes
+    try:
+        return sys.platform.startswith("linux") and bool(ctypes.CDLL(None).gnu_get_libc_version)
+    except (OSError, AttributeError):
+        return False
+
+
+@pytest.mark.skipif(not _glibc(), reason="glibc's allocator only")
+def test_freed_arrays_come_back_without_page_faults():
+    """With glibc's own thresholds, two 20 MiB arrays freed and made again fault
+    their pages back in every time (the kernel zeroes each); with the thresholds
+    the CPU kernels set, they come back from the heap."""
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env["PYTHONPATH"] = root
+    out = {}
+    for tuning in ("1", "0"):
+        r = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True,
+                           env=dict(env, GPUDL_MALLOC_TUNING=tuning), timeout=120)
+        assert r.returncode == 0, r.stderr
+        tuned, faults = r.stdout.split()
+        out[tuning] = (tuned, int(faults))
+    assert out["1"][0] == "True" and out["0"][0] == "False", out
+    assert out["1"][1] < 50 and out["0"][1] > 500, out
+
+
+def test_allocator_left_alone_when_asked_or_already_tuned():
+    _tune_allocator = K._tune_allocator
+    assert _tune_allocator({"GPUDL_MALLOC_TUNING": "0"}) is False
+    assert _tune_allocator({"MALLOC_TRIM_THRESHOLD_": "1000000"}) is False
+    assert _tune_allocator({"MALLOC_ARENA_MAX": "2", "MALLOC_TOP_PAD_": "0"}) is False
