@@ -584,3 +584,32 @@ def test_a_saved_operand_whose_gradient_is_not_needed_may_change(device):
         x.add_(1)
     with pytest.raises(RuntimeError, match="MatMul saved"):
         y.backward()
+
+
+def test_infinities_and_nan_are_results_not_warnings(device):
+    """log(0), 1/0, exp overflow, 0 * inf ... give PyTorch's values and no NumPy
+    RuntimeWarning, forward and backward, in operators, comparisons and in-place
+    ops; the user's own NumPy still warns afterwards, also after an op failed."""
+    import warnings
+    F = gpudl.nn.functional
+    x = t(np.array([0.0, -1.0, 1e30, -1e30, np.inf, np.nan, 1.0], np.float32), device, requires_grad=True)
+    cases = [lambda: x.log(), lambda: x.sqrt(), lambda: x.exp(), lambda: x / 0.0, lambda: 1.0 / x,
+             lambda: x ** 2.5, lambda: x ** -1, lambda: F.gelu(x), lambda: x * x, lambda: x.logsumexp(0),
+             lambda: x % 0.0, lambda: F.mse_loss(x, x * 0), lambda: F.binary_cross_entropy_with_logits(x, x * 0)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for f in cases:
+            f().sum().backward()
+            x.grad = None
+        with gpudl.no_grad():
+            close(x // 0.0, [np.nan, -np.inf, np.inf, -np.inf, np.inf, np.nan, np.inf], rtol=0)
+            assert not (x < np.nan).numpy().any()
+            y = x.clone()
+            y /= 0.0
+            y **= 3.0
+            y.clamp_(min=0)
+        close(x.detach().log(), [-np.inf, np.nan, 69.07755, np.nan, np.inf, np.nan, 0.0], rtol=1e-6)
+        with pytest.raises(ValueError):
+            gpudl.ones(2, device=device) @ gpudl.ones(3, device=device)
+        with pytest.raises(RuntimeWarning):
+            np.log(np.zeros(1))

@@ -25,6 +25,7 @@ import numbers
 import numpy
 
 from .. import autograd
+from ..autograd import quiet
 from ..tensor import Tensor
 from . import math as M
 
@@ -65,6 +66,7 @@ def _checked(x, other, op, true_divide):
     return val
 
 
+@quiet
 def _write(x, ufunc, other, op, true_divide=False):
     val = _checked(x, other, op, true_divide)
     getattr(x.device.backend.xp, ufunc)(x.data, val, out=x.data)
@@ -111,6 +113,7 @@ def fill_(self, value):
     return self
 
 
+@quiet
 def clamp_(self, min=None, max=None):
     """Elements limited to [min, max], in place."""
     self._check_inplace("clamp_", min)

@@ -7,7 +7,7 @@ import numbers
 
 import numpy
 
-from ..autograd import Function
+from ..autograd import Function, quiet
 from ..tensor import Tensor, as_dtype
 from ._util import binary_operands, norm_axis, expand_reduced, require_float, unreduce
 
@@ -612,6 +612,7 @@ def argmin(x, dim=None, keepdim=False):
 # ---- comparisons (no gradient) ---------------------------------------------------
 
 def _compare(name):
+    @quiet
     def f(a, b):
         a, b = binary_operands(a, b, name)
         return Tensor._make(getattr(a.device.backend.xp, name)(a.data, b.data), a.device)
@@ -623,6 +624,7 @@ def _compare(name):
 def _integer_op(name, symbol, float_ok=False):
     """An element-wise op on bool / integer tensors, no gradient (PyTorch's
     ``&``, ``|``, ``^``, ``//``)."""
+    @quiet
     def f(a, b):
         a, b = binary_operands(a, b, name)
         if not float_ok and a.dtype.kind not in "biu":
@@ -652,6 +654,7 @@ class Remainder(Function):
         return (g if na else None), (-g * ctx.xp.floor(a / b) if nb else None)
 
 
+@quiet
 def remainder(a, b):
     """``a % b`` with the divisor's sign (Python's and PyTorch's rule);
     differentiable in both for floats (d/da = 1, d/db = -floor(a / b))."""
