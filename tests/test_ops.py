@@ -569,6 +569,31 @@ def test_version_checks_cover_rnn_weights_state_dict_loads_grad_accumulation_and
         y.backward()
 
 
+@pytest.mark.parametrize("op", ["embedding", "where", "cross_entropy", "cross_entropy_smoothed",
+                                "cross_entropy_weighted", "nll_loss", "multiclass_hinge_loss"])
+def test_ids_conditions_and_targets_changed_in_place_are_refused(device, op):
+    """The integer or bool tensor an op reads in its backward (embedding ids, where's
+    condition, a loss's classes) changed in place before backward: refused, as
+    PyTorch refuses. Before, the gradient silently used the new values."""
+    F = gpudl.nn.functional
+    z = t(np.zeros((2, 4), np.float32), device, requires_grad=True)
+    other = t(np.array([1, 2]), device)
+    if op == "embedding":
+        other = t(np.array([1, 0]), device)
+        out = F.embedding(other, z)
+    elif op == "where":
+        other = t(np.array([[True, False, True, False]] * 2), device)
+        out = gpudl.where(other, z, z * 2)
+    else:
+        fn = getattr(F, op.replace("_smoothed", "").replace("_weighted", ""))
+        kw = {"label_smoothing": 0.1} if "smoothed" in op else {"weight": gpudl.ones(4, device=device)} \
+            if "weighted" in op else {}
+        out = fn(z, other, **kw)
+    other[0] = other[1]
+    with pytest.raises(RuntimeError, match="changed in place"):
+        out.sum().backward()
+
+
 def test_a_saved_operand_whose_gradient_is_not_needed_may_change(device):
     """As PyTorch: w * x with x needing no gradient reads only x in backward,
     so w may change in place meanwhile; x may not."""

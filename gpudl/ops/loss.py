@@ -230,9 +230,14 @@ def _reduce_weighted(loss, w, labels, ignore, reduction, op, scale=True):
 
 
 def _labels(target, ignore):
-    """The target's classes, ignored rows pointed at class 0 (their loss is dropped after)."""
+    """The target's classes as a tensor, ignored rows pointed at class 0 (their loss is
+    dropped after).  With nothing ignored, the target itself: the ops that save it then
+    check its version, and a backward after the target was changed in place is refused
+    (as in PyTorch; before, the gradient silently used the new classes)."""
     mask, has_ignored, _ = ignore
-    return target.device.backend.xp.where(mask, 0, target.data) if has_ignored else target.data
+    if not has_ignored:
+        return target
+    return Tensor._make(target.device.backend.xp.where(mask, 0, target.data), target.device)
 
 
 def _reduce_kept(loss, ignore, reduction, op):
@@ -278,7 +283,7 @@ def multiclass_hinge_loss(input, target, margin=1.0, reduction="mean"):
     PyTorch's ``multi_margin_loss`` is this divided by the number of classes.
     """
     _check_target(input, target, "multiclass_hinge_loss")
-    return _reduce(MultiClassHinge.apply(input, target.data, float(margin)), reduction, "multiclass_hinge_loss")
+    return _reduce(MultiClassHinge.apply(input, target, float(margin)), reduction, "multiclass_hinge_loss")
 
 
 def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,

@@ -526,14 +526,15 @@ def rnn_scan(mode, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, revers
 class Embedding(Function):
     @staticmethod
     def forward(ctx, weight, ids, padding_idx, scale_grad_by_freq):
-        ctx.ids, ctx.shape, ctx.padding_idx = ids, weight.shape, padding_idx
+        ctx.save_for_backward(ids)            # version-checked: ids changed in place are refused
+        ctx.shape, ctx.padding_idx = weight.shape, padding_idx
         ctx.by_freq = scale_grad_by_freq
         return weight[ids]
 
     @staticmethod
     def backward(ctx, g):
         xp = ctx.xp
-        ids = ctx.ids.reshape(-1)
+        ids = ctx.saved[0].reshape(-1)
         gw = xp.zeros(ctx.shape, dtype=g.dtype)
         xp.add.at(gw, ids, g.reshape(-1, ctx.shape[1]))
         if ctx.by_freq:     # each row's gradient over the number of times the batch used it
@@ -578,7 +579,7 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, sca
                              f"got ids in [{lo}, {hi}]")
     if max_norm is not None:
         _renorm_rows(weight, input.data, max_norm, norm_type)
-    return Embedding.apply(weight, input.data, padding_idx, bool(scale_grad_by_freq))
+    return Embedding.apply(weight, input, padding_idx, bool(scale_grad_by_freq))
 
 
 def _renorm_rows(weight, ids, max_norm, norm_type):

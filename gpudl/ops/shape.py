@@ -465,4 +465,4 @@ def where(condition, a, b):
         numpy.broadcast_shapes(condition.shape, a.shape, b.shape)
     except ValueError:
         raise ValueError(f"where: shapes {condition.shape}, {a.shape} and {b.shape} cannot be broadcast") from None
-    return Where.apply(a, b, condition.data)
+    return Where.apply(a, b, condition)        # a tensor: backward checks its version
