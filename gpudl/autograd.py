@@ -143,12 +143,15 @@ class Context:
 class Node:
     """One recorded application of a Function: its ctx and input tensors."""
 
-    __slots__ = ("fn", "ctx", "inputs", "freed", "versions")
+    __slots__ = ("fn", "ctx", "inputs", "edges", "freed", "versions")
 
     def __init__(self, fn, ctx, inputs, versions=()):
         self.fn = fn
         self.ctx = ctx
         self.inputs = inputs   # one entry per positional arg: Tensor or None
+        # each input's node as it is now (None: a leaf): an in-place op recorded later
+        # gives the tensor a new node, and what was computed before must not follow it
+        self.edges = tuple(None if t is None else t._node for t in inputs)
         self.freed = False
         self.versions = versions   # (counter, value) of each tensor whose data ctx saved
 
@@ -256,9 +259,9 @@ def _topological_order(root_node):
             continue
         visited.add(id(node))
         stack.append((node, True))
-        for t in node.inputs:
-            if t is not None and t._node is not None and id(t._node) not in visited:
-                stack.append((t._node, False))
+        for e in node.edges:
+            if e is not None and id(e) not in visited:
+                stack.append((e, False))
     order.reverse()
     return order
 
@@ -319,14 +322,14 @@ def _run_backward(tensor, g0, retain_graph):
             node.ctx.__dict__.clear()
             node.ctx.saved = ()
             node.freed = True
-        for inp, gi in zip(node.inputs, in_grads):
+        for inp, edge, gi in zip(node.inputs, node.edges, in_grads):
             if inp is None or gi is None:
                 continue
             gi = _reduce_to(gi, inp.data.shape, inp.data.dtype)
-            if inp._node is None:
+            if edge is None:
                 _accumulate_leaf(inp, gi)
                 continue
-            key = id(inp._node)
+            key = id(edge)
             prev = grads.get(key)
             if prev is None:
                 grads[key] = gi

@@ -207,11 +207,11 @@ class Tensor:
             self.requires_grad or (isinstance(other, Tensor) and other.requires_grad))
 
     def _check_inplace(self, op, other=None):
-        """In-place writes are not recorded by autograd: refused (as setitem)
-        where they would have to be (see _inplace_needs_recording)."""
+        """For the in-place ops autograd does not record (zero_, fill_, clamp_):
+        refused where they would have to be (see _inplace_needs_recording)."""
         if self._inplace_needs_recording(other):
-            raise RuntimeError(f"{op}: an in-place write is not recorded by autograd and a tensor here requires "
-                               f"grad; do it under gpudl.no_grad() or on .detach()")
+            raise RuntimeError(f"{op}: this in-place operation is not recorded by autograd and a tensor here "
+                               f"requires grad; do it under gpudl.no_grad() or on .detach()")
 
     def zero_(self):
         self._check_inplace("zero_")
@@ -220,7 +220,11 @@ class Tensor:
         return self
 
     def copy_(self, other):
-        self._check_inplace("copy_", other)
+        """Write ``other``'s values into this tensor (broadcast); recorded by autograd as
+        ``self[...] = other`` where grad mode needs it."""
+        if self._inplace_needs_recording(other):
+            self[...] = other
+            return self
         src = other.data if isinstance(other, Tensor) else self.device.backend.asarray(other)
         if isinstance(other, Tensor) and other.device != self.device:
             raise ValueError(f"copy_: source on {other.device}, destination on {self.device}")

@@ -284,11 +284,74 @@ def test_where_scalars_cat_promotion_randint(device):
         gpudl.randint(3, 3)
 
 
-def test_setitem_refuses_values_that_need_grad(device):
-    w = gpudl.tensor(2.0, device=device, requires_grad=True)
-    buf = gpudl.zeros(3, device=device)
-    with pytest.raises(RuntimeError, match="not recorded by autograd"):
-        buf[0] = w * 3
+def test_setitem_of_values_that_need_grad_is_recorded(device):
+    """As PyTorch: a buffer filled row by row with values that require grad
+    carries their gradients; what was computed from it before keeps the old
+    node; a view of other memory or a leaf that requires grad is refused."""
+    w = gpudl.tensor([2.0, 3.0], device=device, requires_grad=True)
+    buf = gpudl.zeros(3, 2, device=device)
+    before = buf.sum()
+    buf[0] = w * 3
+    buf[2, [1, 0]] = w * w                   # an index array
+    buf[1] = 1.0
+    assert before.item() == 0 and not before.requires_grad and buf.requires_grad
+    (buf * gpudl.tensor([[1.0], [10.0], [100.0]], device=device)).sum().backward()
+    close(w.grad, [3 + 100 * 2 * 2.0, 3 + 100 * 2 * 3.0])
+    y = w * 1.0
+    z = y + 1                                 # computed before the write: the old node
+    y[0] = w[1] * 5
+    (z.sum() + (y * y).sum()).backward()
+    assert w.grad is not None
+    v = gpudl.zeros(4, device=device)[1:3]
+    with pytest.raises(RuntimeError, match="views another tensor's memory"):
+        v[0] = w[0]
+    with pytest.raises(RuntimeError, match="leaf tensor that requires grad"):
+        w[0] = 1.0
+    from gpudl.testing import gradcheck
+    a = gpudl.tensor([[1.0, -2.0, 0.5], [0.3, 0.7, -1.1]], dtype=gpudl.float64, device=device,
+                     requires_grad=True)
+    b = gpudl.tensor([0.2, -0.4, 0.9], dtype=gpudl.float64, device=device, requires_grad=True)
+
+    def f(a, b):
+        y = a * 2
+        y[1] = b * (y[0] + 1)                  # a row of y as it was before the write
+        y[:, 2] = b[:2]
+        h = gpudl.zeros(2, 3, dtype=gpudl.float64, device=device)
+        h[...] = y * b                         # broadcast
+        h.copy_(h + b * 2)                     # copy_ records the same way (broadcast)
+        return h * y
+    assert gradcheck(f, [a, b])
+
+
+def test_in_place_operators_and_methods_are_recorded_as_pytorch_does(device):
+    """y += b, y *= b, y.add_(a, alpha=2) ... on a non-leaf, and h += a on a fresh
+    tensor, give PyTorch's gradients (checked in float64); the old values a
+    multiplication needs are kept; a product saved before the write refuses."""
+    from gpudl.testing import gradcheck
+    f64 = gpudl.float64
+    a = gpudl.tensor([0.5, -1.2, 2.0], dtype=f64, device=device, requires_grad=True)
+    b = gpudl.tensor([1.5, 0.3, -0.7], dtype=f64, device=device, requires_grad=True)
+
+    def f(a, b):
+        y = a * 1.0
+        z = (y + 1) * a
+        y += b
+        y *= b
+        y -= a
+        y /= b * b + 1
+        y.add_(a, alpha=2)
+        y.mul_(b)
+        y **= 2
+        h = gpudl.zeros(3, dtype=f64, device=device)
+        h += a
+        h *= b
+        return y * 2 + z + h
+    assert gradcheck(f, [a, b])
+    y = a * 1.0
+    p = y * y
+    y += b
+    with pytest.raises(RuntimeError, match="changed in place"):
+        p.sum().backward()
 
 
 # ---- PyTorch's semantics at the edges (found by differential testing) -------
@@ -363,7 +426,7 @@ def test_relu_passes_the_gradient_at_nan(device):
 def test_in_place_operators_write_into_the_tensor(device):
     """x -= ... under no_grad updates x (and what views it), as in PyTorch: a
     hand-written SGD loop trains; a leaf that requires grad is refused while
-    recording; a recorded non-leaf computes out of place and keeps its gradient."""
+    recording; a write into a non-leaf is recorded in place, as in PyTorch."""
     w = gpudl.tensor([1.0, -2.0], device=device, requires_grad=True)
     params = [w]
     for _ in range(3):
@@ -381,7 +444,7 @@ def test_in_place_operators_write_into_the_tensor(device):
         row *= 3
         row //= 2
     assert y.tolist() == [[1, 1, 1], [0, 0, 0]]
-    with pytest.raises(RuntimeError, match="leaf tensor that requires grad cannot be changed in place"):
+    with pytest.raises(RuntimeError, match="leaf tensor that requires grad cannot take an in-place operation"):
         w += 1
     a = gpudl.tensor([1.0, 2.0], device=device, requires_grad=True)
     b = a * 2

@@ -3,20 +3,23 @@
 
 Every in-place write moves the tensor's version counter (shared with its
 views), and a backward pass that needs a value saved before such a write
-refuses, as PyTorch's does.  gpudl's autograd does not record in-place
-operations themselves, so:
+refuses, as PyTorch's does.
 
-- with nothing to record (grad mode off, or no tensor involved requires
-  grad) the *operators* (``+=``, ``-=``, ...) write into the tensor's storage,
-  views included -- a hand-written ``with no_grad(): p -= lr * p.grad``
-  updates p, as in PyTorch;
-- where the write would have to be recorded they compute out of place and
-  rebind the name (with the same shape and dtype checks), which autograd
-  records correctly (other names and views keep the old values, where
-  PyTorch would write through);
-- a leaf that requires grad is refused while grad mode is on, as in PyTorch;
-- the *methods* (``add_``, ...) always write in place; while recording they
-  are refused with a clear error, as setitem, ``copy_`` and ``zero_`` are.
+- With nothing to record (grad mode off, or no tensor involved requires
+  grad) the operators and methods write into the tensor's storage, views
+  included: a hand-written ``with no_grad(): p -= lr * p.grad`` updates p.
+- Where autograd must record the write (the tensor or the operand requires
+  grad), it is recorded in place, as in PyTorch: the op runs on a copy of
+  the old values that keeps the old node, the result is written into the
+  tensor, and the tensor takes the new node.  What was computed from the
+  tensor before keeps the old node.
+- A leaf that requires grad is refused while grad mode is on, as in PyTorch.
+- A view of another tensor's memory cannot take a recorded write, because
+  gpudl does not move the base's graph with it.  The operators then compute
+  out of place and rebind the name (other names and the base keep the old
+  values); the methods, setitem and ``copy_`` refuse.
+- ``zero_``, ``fill_`` and ``clamp_`` are refused where they would have to
+  be recorded.
 """
 from __future__ import annotations
 
@@ -26,14 +29,14 @@ import numpy
 
 from .. import autograd
 from ..autograd import quiet
+from .shape import recordable_inplace
 from ..tensor import Tensor
 from . import math as M
 
 
 def _leaf_refused(x, op):
     if autograd.is_grad_enabled() and x.requires_grad and x.grad_fn is None:
-        raise RuntimeError(f"{op}: a leaf tensor that requires grad cannot be changed in place (as in "
-                           f"PyTorch); do it under gpudl.no_grad(), or on .data / .detach()")
+        recordable_inplace(x, op)           # says why
 
 
 def _operand(x, other, op):
@@ -74,29 +77,50 @@ def _write(x, ufunc, other, op, true_divide=False):
     return x
 
 
+def _recorded(x, other, op, out_of_place, true_divide):
+    """x op= other where autograd must record it: computed out of place from a
+    copy of x's values that keeps x's node (ops like * save their operands), then
+    written into x, which takes the result's node (recordable_inplace says where not)."""
+    _checked(x, other, op, true_divide)
+    recordable_inplace(x, op)
+    old = Tensor._make(x.data.copy(), x.device, requires_grad=x.requires_grad)
+    old._node = x._node
+    out = out_of_place(old, other)
+    if out.dtype != x.dtype:
+        out = M.astype(out, x.dtype)
+    x.device.backend.xp.copyto(x.data, out.data)
+    x._bump()
+    x._node, x._requires_grad = out._node, True
+    return x
+
+
 def _operator(op, ufunc, out_of_place, true_divide=False):
     def iop(self, other):
         _leaf_refused(self, op)
         if self._inplace_needs_recording(other):
-            # out of place, recorded, the name rebound; the in-place checks still hold
-            _checked(self, other, op, true_divide)
-            out = out_of_place(self, other)
-            return out if out.dtype == self.dtype else M.astype(out, self.dtype)
+            if getattr(self.data, "base", None) is not None:
+                # a view: out of place and the name rebound (its base's graph cannot follow)
+                _checked(self, other, op, true_divide)
+                out = out_of_place(self, other)
+                return out if out.dtype == self.dtype else M.astype(out, self.dtype)
+            return _recorded(self, other, op, out_of_place, true_divide)
         return _write(self, ufunc, other, op, true_divide)
     iop.__name__ = f"__i{ufunc}__"
     return iop
 
 
-def _method(name, ufunc, true_divide=False, with_alpha=False):
+def _method(name, ufunc, out_of_place, true_divide=False, with_alpha=False):
     def method(self, other, *, alpha=1):
-        self._check_inplace(name, other)
         if with_alpha and alpha != 1:
             if not isinstance(alpha, numbers.Number):
                 raise TypeError(f"{name}: expected alpha to be a number, got {type(alpha).__name__}")
             other = other * alpha
+        if self._inplace_needs_recording(other):
+            return _recorded(self, other, name, out_of_place, true_divide)
         return _write(self, ufunc, other, name, true_divide)
     method.__name__ = name
-    method.__doc__ = f"In place: ``self = self {ufunc} other``{' * alpha' if with_alpha else ''}; returns self."
+    method.__doc__ = (f"In place: ``self = self {ufunc} other``{' * alpha' if with_alpha else ''}; returns "
+                      f"self (recorded by autograd where grad mode needs it).")
     return method
 
 
@@ -145,9 +169,9 @@ def install(T):
     T.__iand__ = _operator("&=", "bitwise_and", M.bitwise_and)
     T.__ior__ = _operator("|=", "bitwise_or", M.bitwise_or)
     T.__ixor__ = _operator("^=", "bitwise_xor", M.bitwise_xor)
-    T.add_ = _method("add_", "add", with_alpha=True)
-    T.sub_ = _method("sub_", "subtract", with_alpha=True)
-    T.mul_ = _method("mul_", "multiply")
-    T.div_ = _method("div_", "true_divide", true_divide=True)
+    T.add_ = _method("add_", "add", M.add, with_alpha=True)
+    T.sub_ = _method("sub_", "subtract", M.sub, with_alpha=True)
+    T.mul_ = _method("mul_", "multiply", M.mul)
+    T.div_ = _method("div_", "true_divide", M.div, true_divide=True)
     T.fill_ = fill_
     T.clamp_ = clamp_

@@ -7,7 +7,7 @@ import numbers
 
 import numpy
 
-from ..autograd import Function
+from ..autograd import Context, Function, Node
 from ..tensor import Tensor
 from ._util import binary_operands, norm_axis
 
@@ -261,31 +261,91 @@ def getitem(x, idx):
     return x
 
 
-def setitem(x, idx, value):
-    """In-place assignment into ``x.data`` (not recorded by autograd).
+def _write_at(a, steps, value):
+    """a[index] = value for an index in PyTorch's reading (_torch_order's steps)."""
+    for part in steps[:-1]:
+        a = a[part]                            # plain selections: a view
+    a[steps[-1]] = value
 
-    Refused while grad mode is on when ``x`` or the value requires grad, since
-    the graph could not see the write. Writing into a tensor that an op has
-    already saved for its backward pass changes that gradient: gpudl keeps no
-    version counters, so build a new tensor (``where``, ``cat``) instead.
+
+def _read_at(a, steps):
+    for part in steps:
+        a = a[part]
+    return a
+
+
+class SetItem(Function):
+    """``x[index] = value`` as autograd records it (:func:`setitem` writes): the
+    gradient of x as it was is g with the written region zeroed, the value's is
+    g's region (summed to the value's shape)."""
+
+    @staticmethod
+    def forward(ctx, *args):                   # pragma: no cover - the write is setitem's
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx, g):
+        need_old, need_value = ctx.needs_input_grad
+        g_old = g_value = None
+        if need_old:
+            g_old = g.copy()
+            _write_at(g_old, ctx.steps, 0)
+        if need_value:
+            g_value = _read_at(g, ctx.steps)
+            if g_value.ndim < ctx.value_ndim:  # a value with extra leading 1s: NumPy drops them
+                g_value = g_value.reshape((1,) * (ctx.value_ndim - g_value.ndim) + g_value.shape)
+        return g_old, g_value
+
+
+def recordable_inplace(x, op):
+    """Refuse an in-place write that autograd must record where it cannot: into a
+    leaf that requires grad (PyTorch refuses it too), or into a view of other
+    memory (PyTorch would move the base tensor's graph as well; gpudl does not
+    track a view's base)."""
+    if x.requires_grad and x.grad_fn is None:
+        raise RuntimeError(f"{op}: a leaf tensor that requires grad cannot take an in-place operation (as "
+                           f"in PyTorch); do it under gpudl.no_grad(), or on .data / .detach()")
+    if getattr(x.data, "base", None) is not None:
+        raise RuntimeError(f"{op}: this in-place write must be recorded by autograd, and the tensor "
+                           f"views another tensor's memory, whose graph gpudl cannot move with it; "
+                           f"write into the tensor that owns the memory, or into a .clone()")
+
+
+def setitem(x, idx, value):
+    """``x[idx] = value``, in place, with PyTorch's reading of the index.
+
+    Where grad mode is on and x or the value requires grad, autograd records
+    the write (x then carries the new node; see :class:`SetItem`), unless x is
+    a leaf that requires grad or a view of another tensor's memory (refused,
+    see :func:`recordable_inplace`).  An op that saved x's values for its
+    backward pass refuses that backward afterwards (version counters).
     """
-    x._check_inplace("setitem", value)
+    record = x._inplace_needs_recording(value)
+    if record:
+        recordable_inplace(x, "setitem")
+    tensors = [i for i in (idx if isinstance(idx, tuple) else (idx,)) if isinstance(i, Tensor)]
     idx = _convert_index(idx, x)
-    if isinstance(value, Tensor):
-        if value.device != x.device:
-            raise ValueError(f"setitem: value on {value.device}, tensor on {x.device}")
-        value = value.data
+    source = value if isinstance(value, Tensor) else None
+    if source is not None:
+        if source.device != x.device:
+            raise ValueError(f"setitem: value on {source.device}, tensor on {x.device}")
+        value = source.data
     elif value is None:
         raise TypeError("setitem: expected a number, an array or a Tensor as the value, got None")
     try:
         steps = _torch_order(idx if isinstance(idx, tuple) else (idx,), x.ndim)
-        target = x.data
-        for part in steps[:-1]:
-            target = target[part]              # plain selections: a view
-        target[steps[-1]] = value
+        _write_at(x.data, steps, value)
         x._bump()
     except (IndexError, ValueError) as e:
         raise type(e)(f"setitem: {e} (tensor of shape {x.shape})") from None
+    if record:
+        needs = (x.requires_grad, source is not None and source.requires_grad)
+        ctx = Context(x.device, needs)
+        ctx.steps, ctx.value_ndim = steps, source.ndim if source is not None else 0
+        versions = tuple((c, c[0]) for c in (i._counter() for i in tensors))   # the backward reads them
+        # the node's edge to x is x's node before this write: what was computed from x keeps it
+        x._node = Node(SetItem, ctx, (x if needs[0] else None, source if needs[1] else None), versions)
+        x._requires_grad = True
 
 
 # ---- joining and splitting -----------------------------------------------------------
