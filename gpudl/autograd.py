@@ -151,7 +151,7 @@ class Node:
         self.inputs = inputs   # one entry per positional arg: Tensor or None
         # each input's node as it is now (None: a leaf): an in-place op recorded later
         # gives the tensor a new node, and what was computed before must not follow it
-        self.edges = tuple(None if t is None else t._node for t in inputs)
+        self.edges = tuple([None if t is None else t._node for t in inputs])
         self.freed = False
         self.versions = versions   # (counter, value) of each tensor whose data ctx saved
 
@@ -192,6 +192,10 @@ class Function:
             raise TypeError(f"{cls.__name__}: expected at least one Tensor argument")
         device = _check_devices(cls.__name__.lower(), tensors) if len(tensors) > 1 else tensors[0].device
         record = is_grad_enabled() and any(t.requires_grad for t in tensors)
+        if record:
+            for t in tensors:
+                if t._view is not None:
+                    check_view_current(t, cls.__name__)
         needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
         ctx = Context(device, needs)
         arrays = [a.data if isinstance(a, Tensor) else a for a in args]
@@ -220,14 +224,29 @@ class Function:
 
 def _share_counter(result, tensors):
     """A result viewing an input's memory shares that input's version counter
-    (a view's ``base`` is the input's array or that array's own base)."""
+    (a view's ``base`` is the input's array or that array's own base), and
+    remembers how many recorded in-place writes that memory had taken."""
     base = getattr(result.data, "base", None)
     if base is None:                      # a fresh array: its own counter
         return
     for t in tensors:
         if t.data is base or getattr(t.data, "base", None) is base:
-            result._ver = t._counter()
+            result._ver = c = t._counter()
+            result._view = c[1]
             return
+
+
+def check_view_current(t, op):
+    """Refuse a view that requires grad and was taken before an in-place write
+    that autograd recorded into its memory: its values are the new ones, its
+    graph the old (PyTorch would rebuild its graph; gpudl asks for the view to
+    be taken again)."""
+    v = t._view
+    if v is not None and t._requires_grad and v != t._ver[1]:
+        raise RuntimeError(
+            f"{op}: this tensor is a view taken before an in-place operation that autograd recorded "
+            f"changed the memory it views; its gradient would follow the old values. Take the view "
+            f"again after the in-place operation (or .clone() it before)")
 
 
 def _reduce_to(g, shape, dtype):
@@ -287,6 +306,7 @@ def backward(tensor, gradient=None, retain_graph=False):
                              f"got {tuple(g0.shape)}")
     if not tensor.requires_grad:
         raise RuntimeError("backward: the tensor does not require grad and has no graph")
+    check_view_current(tensor, "backward")
     if tensor._node is None:  # a leaf
         _accumulate_leaf(tensor, g0)
         return

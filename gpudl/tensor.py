@@ -44,13 +44,13 @@ class Tensor:
     ``grad`` is a Tensor or None; ``requires_grad`` marks leaves to train.
     """
 
-    __slots__ = ("data", "device", "_requires_grad", "_grad", "_node", "_ver", "__weakref__")
+    __slots__ = ("data", "device", "_requires_grad", "_grad", "_node", "_ver", "_view", "__weakref__")
     __array_priority__ = 1000  # numpy scalars defer to our operators
 
     def __init__(self, data, device=None, requires_grad=False, dtype=None):
         t = tensor(data, dtype=dtype, device=device, requires_grad=requires_grad)
         self.data, self.device = t.data, t.device
-        self._requires_grad, self._grad, self._node = t.requires_grad, None, None
+        self._requires_grad, self._grad, self._node, self._view = t.requires_grad, None, None, None
 
     @classmethod
     def _make(cls, array, device, requires_grad=False):
@@ -62,17 +62,21 @@ class Tensor:
         t._requires_grad = requires_grad
         t._grad = None
         t._node = None
-        t._ver = [0]
+        t._ver = [0, 0]
+        t._view = None
         return t
 
     def _counter(self):
-        """The version counter (a one-item list) this tensor shares with the
-        tensors that view its memory; in-place writes move it, and a backward
-        pass that needs a value saved before a write refuses (as PyTorch)."""
+        """The version counter this tensor shares with the tensors that view its
+        memory: ``[version, recorded writes]``.  Every in-place write moves the
+        version, and a backward pass that needs a value saved before a write
+        refuses (as PyTorch).  In-place writes that autograd records also move
+        the second count: a view taken before one (``_view`` holds the count it
+        was taken at) no longer matches its graph and may not enter another."""
         try:
             return self._ver
         except AttributeError:
-            self._ver = [0]
+            self._ver = [0, 0]
             return self._ver
 
     def _bump(self):

@@ -16,7 +16,8 @@
 // 2x2 pooling of every CNN here) take one thread per window instead, which
 // writes the window's kH*kW gradients: a quarter of the threads for 2x2, and
 // no window search.  Each input pixel still gets its value from the one
-// window that holds it, so the results are the same bits.
+// window that holds it: the same values (a -0.0 gradient stays -0.0 here,
+// where the gather's 0 + -0.0 gives +0.0).
 // Every loop runs with 32-bit indices unless the flat size needs 64 bits
 // (GD_KERNEL_LOOP_T; -DGD_INDEX64 forces the 64-bit path, which the ASan test
 // run builds so that both are exercised).

@@ -161,3 +161,39 @@ def test_wider_running_statistics_move_in_their_own_dtype(emu):
     for a, b in zip(stats["emulated"], stats["cpu"]):
         assert a.dtype == np.float64
         np.testing.assert_allclose(a, b, rtol=8e-8, atol=0)
+
+
+def test_big_channels_take_1024_threads_only_where_the_kernel_can(emu):
+    """Channels of >= 16384 values get 1024-thread blocks, unless the compiled
+    kernel's max_threads_per_block (its registers) is lower: then 256."""
+    impl = emu.batch_norm_forward.__self__          # the backend object behind the API
+    fn = impl._function("batchnorm.cu", "batch_norm_stats_f64")
+    assert impl._per_channel("batch_norm_stats_f64", 3, 16384) == ((3,), (1024,))
+    assert impl._per_channel("batch_norm_stats_f64", 3, 16383) == ((3,), (256,))
+
+    class Limited:
+        max_threads_per_block = 768
+
+        def __call__(self, *a, **k):
+            return fn(*a, **k)
+    impl._functions["batch_norm_stats_f64"] = Limited()
+    try:
+        assert impl._per_channel("batch_norm_stats_f64", 3, 1 << 20) == ((3,), (256,))
+        x = np.random.default_rng(0).standard_normal((4, 2, 64, 64))
+        y, xhat, invstd = emu.batch_norm_forward(emu.asarray(x), None, None, None, None, 1e-5, 0.1, True)
+        np.testing.assert_allclose(emu.to_numpy(y).mean(axis=(0, 2, 3)), 0, atol=1e-12)
+    finally:
+        impl._functions["batch_norm_stats_f64"] = fn
+
+
+def test_max_threads_per_block_read_as_each_cupy_version_spells_it():
+    from types import SimpleNamespace as NS
+    from gpudl.backend.cupy_backend import _max_threads
+    assert _max_threads(NS(max_threads_per_block=512)) == 512               # a property
+    assert _max_threads(NS(max_threads_per_block=lambda: 640)) == 640       # a method
+    assert _max_threads(NS(function=NS(max_threads_per_block=lambda: 768))) == 768
+    assert _max_threads(NS()) is None
+
+    def broken():
+        raise RuntimeError("driver error")
+    assert _max_threads(NS(max_threads_per_block=broken)) is None

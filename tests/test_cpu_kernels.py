@@ -971,3 +971,4 @@ def test_allocator_left_alone_when_asked_or_already_tuned():
     assert _tune_allocator({"GPUDL_MALLOC_TUNING": "0"}) is False
     assert _tune_allocator({"MALLOC_TRIM_THRESHOLD_": "1000000"}) is False
     assert _tune_allocator({"MALLOC_ARENA_MAX": "2", "MALLOC_TOP_PAD_": "0"}) is False
+    assert _tune_allocator({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1000"}) is False

@@ -701,3 +701,45 @@ def test_infinities_and_nan_are_results_not_warnings(device):
             gpudl.ones(2, device=device) @ gpudl.ones(3, device=device)
         with pytest.raises(RuntimeWarning):
             np.log(np.zeros(1))
+
+
+def test_recorded_in_place_writes_at_the_edges(device):
+    """Found by review: a view taken before a recorded write is refused (its
+    values are new, its graph old), one taken after matches PyTorch; an in-place
+    op with no derivative is refused and leaves the graph as it was; a 0-d copy_
+    is recorded; RNN outputs and initial states written in place before backward
+    are refused (their backward reads them)."""
+    w = gpudl.tensor([1.0, 2.0, 3.0], device=device, requires_grad=True)
+    v = gpudl.tensor(5.0, device=device, requires_grad=True)
+    x = w * 1
+    y = x[0:2]
+    x.mul_(v)
+    with pytest.raises(RuntimeError, match="view taken before an in-place operation"):
+        y.sum()
+    with pytest.raises(RuntimeError, match="view taken before an in-place operation"):
+        x[0:2] = y                              # nor may it be written anywhere
+    x[0:2].sum().backward()                     # taken after: as PyTorch, w.grad [5, 5, 0], v.grad 3
+    close(w.grad, [5.0, 5.0, 0.0])
+    close(v.grad, 3.0)
+    z = w * 2
+    with pytest.raises(RuntimeError, match="no derivative"):
+        z //= 1.5
+    assert z.grad_fn is not None and not z.is_leaf
+    close(z, [2.0, 4.0, 6.0])                   # refused before writing
+    s = w.sum()
+    s.copy_(v * 3)
+    (s * s).backward()
+    close(v.grad, 3.0 + 2 * 15.0 * 3)
+    import gpudl.nn as nn
+    for make in (lambda: nn.RNN(2, 3), lambda: nn.GRU(2, 3), lambda: nn.LSTM(2, 3)):
+        for write in ("out", "h0"):
+            m = make().to(device)
+            h0 = gpudl.randn(1, 2, 3, device=device)
+            state = (h0, gpudl.zeros(1, 2, 3, device=device)) if isinstance(m, nn.LSTM) else h0
+            out, _ = m(gpudl.randn(4, 2, 2, device=device), state)
+            if write == "out":
+                out *= 2.0
+            else:
+                h0 += 5
+            with pytest.raises(RuntimeError, match="changed in place"):
+                (out * out).sum().backward()

@@ -138,8 +138,8 @@ def _gemm(a, b, c, accumulate):
 # top -- leave one or two faults a step at the same peak memory (206 vs 202
 # MiB for the CIFAR CNN).  PyTorch users get the same effect by preloading
 # jemalloc or tcmalloc.  Set once, when this module loads; not where the
-# C library is not glibc, where a MALLOC_*_ variable already tunes glibc, or
-# with GPUDL_MALLOC_TUNING=0.
+# C library is not glibc, where a MALLOC_*_ variable or GLIBC_TUNABLES already
+# tunes glibc's malloc, or with GPUDL_MALLOC_TUNING=0.
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3           # glibc's malloc.h
 _MMAP_THRESHOLD, _TRIM_THRESHOLD = 32 << 20, 64 << 20
@@ -148,7 +148,8 @@ _MMAP_THRESHOLD, _TRIM_THRESHOLD = 32 << 20, 64 << 20
 def _tune_allocator(environ=os.environ):
     """Fix glibc's thresholds as above; True when they were set."""
     if (environ.get("GPUDL_MALLOC_TUNING", "").strip() == "0" or not sys.platform.startswith("linux")
-            or any(k.startswith("MALLOC_") and k.endswith("_") for k in environ)):
+            or any(k.startswith("MALLOC_") and k.endswith("_") for k in environ)
+            or "glibc.malloc." in environ.get("GLIBC_TUNABLES", "")):
         return False
     try:
         libc = ctypes.CDLL(None)

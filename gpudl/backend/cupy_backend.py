@@ -173,6 +173,22 @@ def _shape4(s, what):
     return s
 
 
+def _max_threads(fn):
+    """The most threads a block of compiled kernel ``fn`` may have (None: unknown).  CuPy
+    versions spell it as a property of the kernel or of its ``function``, or as a method."""
+    import warnings
+    for obj in (getattr(fn, "function", None), fn):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                m = getattr(obj, "max_threads_per_block", None) if obj is not None else None
+                if m is not None:
+                    return int(m() if callable(m) else m)
+        except Exception:          # a driver error reading it: unknown
+            return None
+    return None
+
+
 def _blocks(n):
     return min(-(-n // BLOCK), _MAX_GRID_X)
 
@@ -266,10 +282,13 @@ class _Backend:
         """:func:`launch`, with the compiled function looked up once per kernel."""
         grid, block, args = _check_launch(self.xp, kernel, grid, block, args,
                                           self._device_index if self._is_cupy else None)
+        self._function(filename, kernel)(grid, block, args, shared_mem=shared_mem)
+
+    def _function(self, filename, kernel):
         fn = self._functions.get(kernel)
         if fn is None:
             fn = self._functions[kernel] = self._get_module(filename).get_function(kernel)
-        fn(grid, block, args, shared_mem=shared_mem)
+        return fn
 
     def _launch1d(self, filename, kernel, n, args):
         if n > 0:
@@ -637,11 +656,18 @@ class _Backend:
             a = self._placeholders[dtype] = self.xp.zeros(1, dtype=dtype)
         return a
 
-    def _per_channel(self, C, m):
+    def _per_channel(self, kernel, C, m):
         """One block per channel; m values each.  Few channels of many values (ResNet-20's
         16 channels of 64 * 32 * 32) leave most of the GPU idle, so those blocks get 1024
-        threads: four times the loads in flight per channel."""
-        return (min(max(C, 1), _MAX_GRID_X),), (_BIG_BLOCK if m >= _BIG_BLOCK_VALUES else BLOCK,)
+        threads, four times the loads in flight per channel, where the compiled kernel can
+        run that many in a block (its registers decide: CuPy's ``max_threads_per_block``)."""
+        block = BLOCK
+        if m >= _BIG_BLOCK_VALUES:
+            limit = _max_threads(self._function("batchnorm.cu", kernel))
+            if limit is None:          # unknown: the emulator has no limit; a GPU gets the safe size
+                limit = BLOCK if self._is_cupy else _BIG_BLOCK
+            block = _BIG_BLOCK if limit >= _BIG_BLOCK else BLOCK
+        return (min(max(C, 1), _MAX_GRID_X),), (block,)
 
     def batch_norm_forward(self, x, weight, bias, running_mean, running_var, eps, momentum,
                            use_batch_stats):
@@ -667,7 +693,7 @@ class _Backend:
                 # the kernel moves running statistics that are x's own arrays; others (another
                 # dtype, a strided view) move here, in their own dtype
                 in_kernel = running and rm is running_mean and rv is running_var
-                grid, block = self._per_channel(C, N * L)
+                grid, block = self._per_channel(f"batch_norm_stats_{sfx}", C, N * L)
                 self._launch("batchnorm.cu", f"batch_norm_stats_{sfx}", grid, block,
                              (x, mean, var, invstd, rm, rv, numpy.int32(N), numpy.int32(C),
                               numpy.int32(L), dt.type(eps), dt.type(momentum), numpy.int32(in_kernel)))
@@ -699,7 +725,7 @@ class _Backend:
             sg = sgx = gx = None
             if need_w or need_b or (need_x and use_batch_stats):
                 sg, sgx = xp.empty(C, dtype=dt), xp.empty(C, dtype=dt)
-                grid, block = self._per_channel(C, N * L)
+                grid, block = self._per_channel(f"batch_norm_grad_reduce_{sfx}", C, N * L)
                 self._launch("batchnorm.cu", f"batch_norm_grad_reduce_{sfx}", grid, block,
                              (g, xhat, sg, sgx) + dims)
             if need_x:

@@ -35,7 +35,7 @@ class Parameter(Tensor):
             data = tensor(data)
         self.data, self.device = data.data, data.device
         self._ver = data._counter()          # the same memory: one version counter
-        self._grad, self._node, self._requires_grad = None, None, False
+        self._grad, self._node, self._requires_grad, self._view = None, None, False, None
         self.requires_grad_(requires_grad)
 
     def __repr__(self):

@@ -86,11 +86,15 @@ def _recorded(x, other, op, out_of_place, true_divide):
     old = Tensor._make(x.data.copy(), x.device, requires_grad=x.requires_grad)
     old._node = x._node
     out = out_of_place(old, other)
+    if out._node is None:       # an op with no gradient (//, %, & ...): as PyTorch, no derivative to record
+        raise RuntimeError(f"{op}: autograd has no derivative for this in-place operation, and a tensor "
+                           f"here requires grad (as in PyTorch); do it under gpudl.no_grad() or on .detach()")
     if out.dtype != x.dtype:
         out = M.astype(out, x.dtype)
     x.device.backend.xp.copyto(x.data, out.data)
     x._bump()
     x._node, x._requires_grad = out._node, True
+    x._counter()[1] += 1                        # views of x taken before no longer match their graph
     return x
 
 

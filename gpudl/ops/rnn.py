@@ -518,6 +518,16 @@ def rnn_scan(mode, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, revers
         hs.append(h)
     c = _second_output(h, scan.cs[scan.times[-1]]) if mode == "lstm" else None
     out = _ScanOutput.apply(*hs, scan=scan)
+    if out._node is not None:
+        # The steps' backward passes read the output buffer (every h is a view of it),
+        # h0 and c0 as they were: one version counter for the buffer, shared by out
+        # and the h's, and every step checks it and the initial states (an in-place
+        # write to one of them before backward is refused, never silently used).
+        shared = hs[0]._counter()
+        out._ver = shared
+        watched = tuple((c_, c_[0]) for c_ in [shared] + [t._counter() for t in (h0, c0) if t is not None])
+        for t in hs:
+            t._node.versions += watched
     return out, h, c
 
 

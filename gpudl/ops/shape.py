@@ -7,7 +7,7 @@ import numbers
 
 import numpy
 
-from ..autograd import Context, Function, Node
+from ..autograd import Context, Function, Node, check_view_current
 from ..tensor import Tensor
 from ._util import binary_operands, norm_axis
 
@@ -286,6 +286,7 @@ class SetItem(Function):
     @staticmethod
     def backward(ctx, g):
         need_old, need_value = ctx.needs_input_grad
+        g = ctx.xp.asarray(g)                  # a 0-d gradient may come as a NumPy scalar
         g_old = g_value = None
         if need_old:
             g_old = g.copy()
@@ -329,6 +330,8 @@ def setitem(x, idx, value):
     if source is not None:
         if source.device != x.device:
             raise ValueError(f"setitem: value on {source.device}, tensor on {x.device}")
+        if record:
+            check_view_current(source, "setitem")
         value = source.data
     elif value is None:
         raise TypeError("setitem: expected a number, an array or a Tensor as the value, got None")
@@ -346,6 +349,7 @@ def setitem(x, idx, value):
         # the node's edge to x is x's node before this write: what was computed from x keeps it
         x._node = Node(SetItem, ctx, (x if needs[0] else None, source if needs[1] else None), versions)
         x._requires_grad = True
+        x._counter()[1] += 1                   # views of x taken before no longer match their graph
 
 
 # ---- joining and splitting -----------------------------------------------------------
