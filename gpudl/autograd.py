@@ -191,8 +191,9 @@ class Function:
         if not tensors:
             raise TypeError(f"{cls.__name__}: expected at least one Tensor argument")
         device = _check_devices(cls.__name__.lower(), tensors) if len(tensors) > 1 else tensors[0].device
-        record = is_grad_enabled() and any(t.requires_grad for t in tensors)
-        if record:
+        grad_mode = is_grad_enabled()
+        record = grad_mode and any(t.requires_grad for t in tensors)
+        if grad_mode:
             for t in tensors:
                 if t._view is not None:
                     check_view_current(t, cls.__name__)
@@ -237,12 +238,12 @@ def _share_counter(result, tensors):
 
 
 def check_view_current(t, op):
-    """Refuse a view that requires grad and was taken before an in-place write
-    that autograd recorded into its memory: its values are the new ones, its
-    graph the old (PyTorch would rebuild its graph; gpudl asks for the view to
-    be taken again)."""
+    """Refuse (in grad mode) a view taken before an in-place write that autograd
+    recorded into its memory: its values are the new ones, its graph the old --
+    or none, where the memory needed no gradient when the view was taken
+    (PyTorch would rebuild its graph; gpudl asks for the view to be taken again)."""
     v = t._view
-    if v is not None and t._requires_grad and v != t._ver[1]:
+    if v is not None and v != t._ver[1] and is_grad_enabled():
         raise RuntimeError(
             f"{op}: this tensor is a view taken before an in-place operation that autograd recorded "
             f"changed the memory it views; its gradient would follow the old values. Take the view "
@@ -333,8 +334,8 @@ def _run_backward(tensor, g0, retain_graph):
             if counter[0] != version:
                 raise RuntimeError(
                     f"backward: a tensor that {node.fn.__name__} saved for its gradient was changed "
-                    f"in place afterwards (version {counter[0]}, saved at {version}), as PyTorch "
-                    f"would refuse too; write out of place (x = x + ...) or clone it first")
+                    f"in place afterwards (version {counter[0]}, saved at {version}); write out of "
+                    f"place (x = x + ...) or clone it first")
         in_grads = node.fn.backward(node.ctx, g)
         if not isinstance(in_grads, tuple):
             in_grads = (in_grads,)

@@ -325,6 +325,8 @@ class _ToDevice(autograd.Function):
         out_arr = as_device_array(x, dev, "to")
         if out_arr is x.data:               # both NumPy (the emulated device): still a copy
             out_arr = out_arr.copy()
+        if x._view is not None:
+            autograd.check_view_current(x, "to")
         record = autograd.is_grad_enabled() and x.requires_grad
         out = Tensor._make(out_arr, dev, requires_grad=record)
         if record:

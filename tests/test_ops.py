@@ -743,3 +743,30 @@ def test_recorded_in_place_writes_at_the_edges(device):
                 h0 += 5
             with pytest.raises(RuntimeError, match="changed in place"):
                 (out * out).sum().backward()
+
+
+def test_stale_views_of_memory_that_needed_no_gradient_are_refused_too(device):
+    """Found by review: a view of a buffer that required no grad, taken before a
+    recorded write gave the buffer a gradient, silently acted as a constant
+    (w.grad [1, 1, 1] where PyTorch gives [3, 5, 1]); now refused in grad mode,
+    also through .to(); under no_grad its values are fine. x[:, 0] *= w (a view,
+    then setitem into x) matches PyTorch."""
+    f64 = gpudl.float64
+    w = gpudl.tensor([1.0, 2.0, 3.0], dtype=f64, device=device, requires_grad=True)
+    x = gpudl.zeros(3, dtype=f64, device=device)
+    v = x[0:2]
+    x.add_(w)
+    with pytest.raises(RuntimeError, match="view taken before"):
+        v * v
+    if str(device) != "cpu":                     # (on the CPU, .to("cpu") is the tensor itself)
+        with pytest.raises(RuntimeError, match="view taken before"):
+            v.to("cpu")
+    with gpudl.no_grad():
+        close(v * 2, [2.0, 4.0])
+    close(x[0:2] * 1, [1.0, 2.0])               # taken again: fine
+    b = gpudl.zeros(2, 3, dtype=f64, device=device)
+    w2 = gpudl.tensor([1.0, 2.0], dtype=f64, device=device, requires_grad=True)
+    b[:, 0] += w2
+    b[:, 0] *= w2
+    (b * b).sum().backward()
+    close(w2.grad, [4.0, 32.0])                  # PyTorch's: d/dw sum((w * w)^2) = 4 w^3

@@ -16,8 +16,13 @@ refuses, as PyTorch's does.
 - A leaf that requires grad is refused while grad mode is on, as in PyTorch.
 - A view of another tensor's memory cannot take a recorded write, because
   gpudl does not move the base's graph with it.  The operators then compute
-  out of place and rebind the name (other names and the base keep the old
-  values); the methods, setitem and ``copy_`` refuse.
+  out of place (from a copy of the view's values) and rebind the name: the
+  base and other views keep the old values, where PyTorch would write
+  through.  ``x[i] += w`` (a view, then setitem into x) therefore matches
+  PyTorch.  The methods, setitem and ``copy_`` refuse.
+- A view taken before a recorded write into its memory may not enter a graph
+  again (in grad mode): its values are new and its graph is old.  Take the
+  view again after the write.
 - ``zero_``, ``fill_`` and ``clamp_`` are refused where they would have to
   be recorded.
 """
@@ -77,15 +82,21 @@ def _write(x, ufunc, other, op, true_divide=False):
     return x
 
 
+def _copy_keeping_node(x):
+    """x's values in memory of their own, with x's place in the graph."""
+    autograd.check_view_current(x, "in-place operation")
+    old = Tensor._make(x.data.copy(), x.device, requires_grad=x.requires_grad)
+    old._node = x._node
+    return old
+
+
 def _recorded(x, other, op, out_of_place, true_divide):
     """x op= other where autograd must record it: computed out of place from a
     copy of x's values that keeps x's node (ops like * save their operands), then
     written into x, which takes the result's node (recordable_inplace says where not)."""
     _checked(x, other, op, true_divide)
     recordable_inplace(x, op)
-    old = Tensor._make(x.data.copy(), x.device, requires_grad=x.requires_grad)
-    old._node = x._node
-    out = out_of_place(old, other)
+    out = out_of_place(_copy_keeping_node(x), other)
     if out._node is None:       # an op with no gradient (//, %, & ...): as PyTorch, no derivative to record
         raise RuntimeError(f"{op}: autograd has no derivative for this in-place operation, and a tensor "
                            f"here requires grad (as in PyTorch); do it under gpudl.no_grad() or on .detach()")
@@ -103,9 +114,11 @@ def _operator(op, ufunc, out_of_place, true_divide=False):
         _leaf_refused(self, op)
         if self._inplace_needs_recording(other):
             if getattr(self.data, "base", None) is not None:
-                # a view: out of place and the name rebound (its base's graph cannot follow)
+                # a view: out of place and the name rebound (its base's graph cannot follow),
+                # from a copy of its values, so that x[i] *= w (a view, then setitem into x)
+                # does not save a view that the setitem then changes
                 _checked(self, other, op, true_divide)
-                out = out_of_place(self, other)
+                out = out_of_place(_copy_keeping_node(self), other)
                 return out if out.dtype == self.dtype else M.astype(out, self.dtype)
             return _recorded(self, other, op, out_of_place, true_divide)
         return _write(self, ufunc, other, op, true_divide)
