@@ -770,3 +770,16 @@ def test_stale_views_of_memory_that_needed_no_gradient_are_refused_too(device):
     b[:, 0] *= w2
     (b * b).sum().backward()
     close(w2.grad, [4.0, 32.0])                  # PyTorch's: d/dw sum((w * w)^2) = 4 w^3
+
+
+def test_mean_and_var_of_nothing_are_nan_without_numpy_warnings(device):
+    import warnings
+    x = gpudl.zeros(0, 3, device=device, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = x.mean(0)
+        assert m.shape == (3,) and np.isnan(m.numpy()).all()
+        m.sum().backward()
+        assert x.grad.shape == (0, 3)
+        assert np.isnan(gpudl.zeros(0, device=device).mean().item())
+        assert np.isnan(x.detach().var(0).numpy()).all() and np.isnan(x.detach().std().item())

@@ -344,6 +344,9 @@ class Mean(Function):
     def forward(ctx, x, axes, keepdims):
         ctx.shape, ctx.axes, ctx.keepdims = x.shape, axes, keepdims
         ctx.count = _math.prod(x.shape[a] for a in axes)
+        if ctx.count == 0:      # NaN, as PyTorch, without NumPy's "Mean of empty slice" warning
+            s = x.sum(axis=axes, keepdims=keepdims)
+            return s / s.dtype.type(0)
         return x.mean(axis=axes, keepdims=keepdims)
 
     @staticmethod
@@ -383,8 +386,8 @@ class Var(Function):
     @staticmethod
     def forward(ctx, x, axes, keepdims, correction, sqrt):
         xp = ctx.xp
-        mean = x.mean(axis=axes, keepdims=True)
         n = _math.prod(x.shape[a] for a in axes)
+        mean = x.sum(axis=axes, keepdims=True) / x.dtype.type(n)   # (NumPy's mean warns for n = 0)
         d = x - mean
         # no degrees of freedom left: inf (or NaN for 0 / 0), as PyTorch
         denom = x.dtype.type(builtins.max(n - correction, 0))
