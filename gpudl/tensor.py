@@ -210,15 +210,11 @@ class Tensor:
         return autograd.is_grad_enabled() and (
             self.requires_grad or (isinstance(other, Tensor) and other.requires_grad))
 
-    def _check_inplace(self, op, other=None):
-        """For the in-place ops autograd does not record (zero_, fill_, clamp_):
-        refused where they would have to be (see _inplace_needs_recording)."""
-        if self._inplace_needs_recording(other):
-            raise RuntimeError(f"{op}: this in-place operation is not recorded by autograd and a tensor here "
-                               f"requires grad; do it under gpudl.no_grad() or on .detach()")
-
     def zero_(self):
-        self._check_inplace("zero_")
+        """Every element set to 0; recorded by autograd as ``self[...] = 0`` where needed."""
+        if self._inplace_needs_recording():
+            self[...] = 0
+            return self
         self.data[...] = 0
         self._bump()
         return self

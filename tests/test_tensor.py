@@ -172,11 +172,10 @@ def test_set_grad_enabled_as_a_decorator_applies_inside_only():
 
 
 def test_in_place_writes_while_recording():
-    """zero_ is not recorded (refused where it would have to be); copy_ into a
-    leaf that requires grad is refused; copy_ of a value that requires grad is
-    recorded."""
+    """zero_ and copy_ into a leaf that requires grad are refused; copy_ of a
+    value that requires grad is recorded."""
     w = gpudl.ones(2, requires_grad=True)
-    with pytest.raises(RuntimeError, match="not recorded by autograd"):
+    with pytest.raises(RuntimeError, match="leaf tensor that requires grad"):
         w.zero_()
     with pytest.raises(RuntimeError, match="leaf tensor that requires grad"):
         w.copy_(gpudl.zeros(2))

@@ -23,8 +23,8 @@ refuses, as PyTorch's does.
 - A view taken before a recorded write into its memory may not enter a graph
   again (in grad mode): its values are new and its graph is old.  Take the
   view again after the write.
-- ``zero_``, ``fill_`` and ``clamp_`` are refused where they would have to
-  be recorded.
+- ``zero_`` and ``fill_`` are recorded as ``x[...] = value``; ``clamp_`` as a
+  clamp (with number bounds).
 """
 from __future__ import annotations
 
@@ -91,12 +91,17 @@ def _copy_keeping_node(x):
 
 
 def _recorded(x, other, op, out_of_place, true_divide):
-    """x op= other where autograd must record it: computed out of place from a
-    copy of x's values that keeps x's node (ops like * save their operands), then
-    written into x, which takes the result's node (recordable_inplace says where not)."""
+    """x op= other where autograd must record it (see :func:`_record_into`)."""
     _checked(x, other, op, true_divide)
+    return _record_into(x, op, lambda old: out_of_place(old, other))
+
+
+def _record_into(x, op, compute):
+    """An in-place op that autograd must record: ``compute`` runs out of place on a
+    copy of x's values that keeps x's node (ops like * save their operands), the
+    result is written into x, and x takes its node (recordable_inplace says where not)."""
     recordable_inplace(x, op)
-    out = out_of_place(_copy_keeping_node(x), other)
+    out = compute(_copy_keeping_node(x))
     if out._node is None:       # an op with no gradient (//, %, & ...): as PyTorch, no derivative to record
         raise RuntimeError(f"{op}: autograd has no derivative for this in-place operation, and a tensor "
                            f"here requires grad (as in PyTorch); do it under gpudl.no_grad() or on .detach()")
@@ -142,11 +147,14 @@ def _method(name, ufunc, out_of_place, true_divide=False, with_alpha=False):
 
 
 def fill_(self, value):
-    """Every element set to ``value`` (a number or a 0-d tensor), in place."""
-    self._check_inplace("fill_", value)
+    """Every element set to ``value`` (a number or a 0-d tensor), in place; recorded by
+    autograd as ``self[...] = value`` where grad mode needs it."""
+    if isinstance(value, Tensor) and value.ndim:
+        raise ValueError(f"fill_: expected a number or a 0-d tensor, got shape {value.shape}")
+    if self._inplace_needs_recording(value):
+        self[...] = value
+        return self
     if isinstance(value, Tensor):
-        if value.ndim:
-            raise ValueError(f"fill_: expected a number or a 0-d tensor, got shape {value.shape}")
         value = value.item()
     _operand(self, value, "fill_")
     self.data[...] = value
@@ -156,9 +164,8 @@ def fill_(self, value):
 
 @quiet
 def clamp_(self, min=None, max=None):
-    """Elements limited to [min, max], in place."""
-    self._check_inplace("clamp_", min)
-    self._check_inplace("clamp_", max)
+    """Elements limited to [min, max], in place; recorded by autograd where grad mode
+    needs it (bounds then numbers, or 0-d tensors that need no gradient)."""
     if min is None and max is None:
         raise ValueError("clamp_: expected at least one of min and max")
     for bound in (min, max):
@@ -166,6 +173,13 @@ def clamp_(self, min=None, max=None):
             _, res = _operand(self, bound, "clamp_")
             if not numpy.can_cast(res, self.dtype, "same_kind"):
                 raise TypeError(f"clamp_: a {res} bound cannot limit a tensor of {self.dtype} in place")
+    if self._inplace_needs_recording(min) or self._inplace_needs_recording(max):
+        bounds = [b.item() if isinstance(b, Tensor) and b.ndim == 0 and not b.requires_grad else b
+                  for b in (min, max)]
+        if any(isinstance(b, Tensor) for b in bounds):
+            raise RuntimeError("clamp_: bounds that are tensors of several elements, or that require "
+                               "grad, are not recorded by autograd; use gpudl.minimum / maximum")
+        return _record_into(self, "clamp_", lambda old: M.clip(old, *bounds))
     xp = self.device.backend.xp
     if min is not None:
         xp.maximum(self.data, min.data if isinstance(min, Tensor) else min, out=self.data)
