@@ -808,3 +808,27 @@ def test_zero_fill_and_clamp_are_recorded(device):
     assert gradcheck(g, [a, s])
     with pytest.raises(RuntimeError, match="not recorded"):
         (a * 1).clamp_(min=s)
+
+
+def test_operators_on_a_view_write_through_and_guard_the_owner(device):
+    """v += w on a view v: the values reach the viewed memory, as in PyTorch, and
+    v takes the result's graph; the memory's owner, whose graph does not show
+    the write, is refused in grad mode until a setitem writes that region
+    (x[i] += w does, and matches PyTorch's gradient)."""
+    f64 = gpudl.float64
+    w = gpudl.tensor([1.0, 2.0], dtype=f64, device=device, requires_grad=True)
+    y = gpudl.zeros(4, dtype=f64, device=device)
+    v = y[0:2]
+    v += w
+    with gpudl.no_grad():
+        close(y, [1.0, 2.0, 0.0, 0.0])
+    with pytest.raises(RuntimeError, match="on a view of this tensor"):
+        y.sum()
+    (v * v).sum().backward()
+    close(w.grad, [2.0, 4.0])
+    w.grad = None
+    x = gpudl.zeros(2, 3, dtype=f64, device=device)
+    x[:, 0] += w
+    x[1:, 1:] += w[1] * 2
+    (x * x).sum().backward()                    # healed by the setitems: x may enter the graph
+    close(w.grad, [2.0, 4.0 + 2 * 2 * (2 * 2.0 * 2)])
