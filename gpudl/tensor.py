@@ -51,6 +51,7 @@ class Tensor:
         t = tensor(data, dtype=dtype, device=device, requires_grad=requires_grad)
         self.data, self.device = t.data, t.device
         self._requires_grad, self._grad, self._node, self._view = t.requires_grad, None, None, None
+        self._ver = [0, 0, None]
 
     @classmethod
     def _make(cls, array, device, requires_grad=False):
@@ -241,7 +242,7 @@ class Tensor:
         if self._node is not None:
             raise RuntimeError("deepcopy: only tensors created by the user (graph leaves) can be "
                                "deep-copied, as in PyTorch; deep-copy t.detach() instead")
-        new = Tensor._make(self.data.copy(), self.device, self.requires_grad)
+        new = type(self)._make(self.data.copy(), self.device, self.requires_grad)   # a Parameter stays one
         memo[id(self)] = new
         if self._grad is not None:
             new._grad = Tensor._make(self._grad.data.copy(), self.device)
@@ -249,7 +250,8 @@ class Tensor:
 
     def __reduce__(self):
         # the values (on the host), dtype, device and requires_grad: never the graph
-        return (_unpickle, (self.device.backend.to_numpy(self.data).copy(), str(self.device), self.requires_grad))
+        return (_unpickle, (self.device.backend.to_numpy(self.data).copy(), str(self.device), self.requires_grad,
+                            type(self)))
 
     # ---- dlpack --------------------------------------------------------
     def __dlpack__(self, *args, **kwargs):
@@ -333,8 +335,10 @@ class _ToDevice(autograd.Function):
         return out
 
 
-def _unpickle(host, device, requires_grad):
-    return Tensor._make(resolve(device).backend.asarray(host), resolve(device), bool(requires_grad))
+def _unpickle(host, device, requires_grad, cls=None):
+    """A pickled tensor back (``cls``: Tensor or a subclass such as Parameter; older pickles lack it)."""
+    cls = cls if isinstance(cls, type) and issubclass(cls, Tensor) else Tensor
+    return cls._make(resolve(device).backend.asarray(host), resolve(device), bool(requires_grad))
 
 
 def to_host(a):

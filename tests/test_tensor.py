@@ -247,3 +247,21 @@ def test_requires_grad_is_checked_however_it_is_set():
         y.requires_grad_(False)
     w.requires_grad = False
     assert not (w * 2).requires_grad
+
+
+def test_tensors_from_the_constructor_and_copies_take_part_in_ops():
+    """gpudl.Tensor(...) made directly (not through gpudl.tensor) has a version
+    counter like every other; deepcopy and pickle keep a Parameter a Parameter,
+    as PyTorch does."""
+    import copy
+    import pickle
+    t = gpudl.Tensor([1.0, 2.0], requires_grad=True)
+    (t * 2).sum().backward()
+    assert t.grad.tolist() == [2.0, 2.0]
+    p = gpudl.nn.Parameter(gpudl.ones(2))
+    m = gpudl.nn.Linear(2, 2)
+    for c in (copy.deepcopy(p), pickle.loads(pickle.dumps(p)), copy.deepcopy(m).weight,
+              pickle.loads(pickle.dumps(m)).weight):
+        assert type(c) is gpudl.nn.Parameter and c.requires_grad
+        (c * 2).sum().backward()
+    assert type(copy.deepcopy(gpudl.ones(2))) is gpudl.Tensor
