@@ -832,3 +832,14 @@ def test_operators_on_a_view_write_through_and_guard_the_owner(device):
     x[1:, 1:] += w[1] * 2
     (x * x).sum().backward()                    # healed by the setitems: x may enter the graph
     close(w.grad, [2.0, 4.0 + 2 * 2 * (2 * 2.0 * 2)])
+
+
+def test_integer_division_by_zero_raises_on_the_cpu():
+    """As PyTorch's CPU kernels (NumPy gives 0 and a warning); floats give inf/NaN."""
+    i = gpudl.tensor([5, 3])
+    for f in (lambda: i // gpudl.tensor([0, 1]), lambda: i % 0, lambda: i.__ifloordiv__(0),
+              lambda: i.clone().__imod__(gpudl.tensor([1, 0]))):
+        with pytest.raises(ZeroDivisionError, match="integer division by zero"):
+            f()
+    assert (i // 2).tolist() == [2, 1] and (i % 2).tolist() == [1, 1]
+    assert np.isinf((gpudl.tensor([1.0]) // 0.0).numpy()).all()

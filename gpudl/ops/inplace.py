@@ -77,6 +77,8 @@ def _checked(x, other, op, true_divide):
 @quiet
 def _write(x, ufunc, other, op, true_divide=False):
     val = _checked(x, other, op, true_divide)
+    if ufunc in ("floor_divide", "remainder"):
+        M._integer_division_checked(x, val, op)
     getattr(x.device.backend.xp, ufunc)(x.data, val, out=x.data)
     x._bump()
     return x

@@ -624,6 +624,15 @@ def _compare(name):
     return f
 
 
+def _integer_division_checked(a, b, symbol):
+    """Integers divided by zero: ZeroDivisionError on the CPU, as PyTorch's CPU kernels
+    raise (NumPy gives 0 and a warning).  Not on a GPU, where PyTorch does not check
+    either and a check would cost a device sync."""
+    d = b.data if isinstance(b, Tensor) else b
+    if a.dtype.kind in "iu" and a.device.type == "cpu" and numpy.size(d) and not numpy.all(d):
+        raise ZeroDivisionError(f"{symbol}: integer division by zero (as in PyTorch)")
+
+
 def _integer_op(name, symbol, float_ok=False):
     """An element-wise op on bool / integer tensors, no gradient (PyTorch's
     ``&``, ``|``, ``^``, ``//``)."""
@@ -632,6 +641,8 @@ def _integer_op(name, symbol, float_ok=False):
         a, b = binary_operands(a, b, name)
         if not float_ok and a.dtype.kind not in "biu":
             raise TypeError(f"{symbol}: expected bool or integer tensors, got {a.dtype}")
+        if name == "floor_divide":
+            _integer_division_checked(a, b, symbol)
         return Tensor._make(getattr(a.device.backend.xp, name)(a.data, b.data), a.device)
     f.__name__ = name
     f.__doc__ = f"Element-wise ``{symbol}`` (no gradient)."
@@ -663,6 +674,7 @@ def remainder(a, b):
     differentiable in both for floats (d/da = 1, d/db = -floor(a / b))."""
     a, b = binary_operands(a, b, "remainder")
     if a.dtype.kind != "f":
+        _integer_division_checked(a, b, "%")
         return Tensor._make(a.device.backend.xp.remainder(a.data, b.data), a.device)
     return Remainder.apply(a, b)
 
