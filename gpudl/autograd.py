@@ -195,7 +195,7 @@ class Function:
         record = grad_mode and any(t.requires_grad for t in tensors)
         if grad_mode:
             for t in tensors:
-                if t._view is not None or t._ver[2] is not None:
+                if t._view is not None:
                     check_view_current(t, cls.__name__)
         needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
         ctx = Context(device, needs)
@@ -245,20 +245,12 @@ def check_view_current(t, op):
     recorded into its memory: its values are the new ones, its graph the old --
     or none, where the memory needed no gradient when the view was taken
     (PyTorch would rebuild its graph; gpudl asks for the view to be taken again)."""
-    v, c = t._view, t._counter()
-    if not is_grad_enabled():
-        return
-    if v is not None and v != c[1]:
+    v = t._view
+    if v is not None and v != t._ver[1] and is_grad_enabled():
         raise RuntimeError(
             f"{op}: this tensor is a view taken before an in-place operation that autograd recorded "
             f"changed the memory it views; its gradient would follow the old values. Take the view "
             f"again after the in-place operation (or .clone() it before)")
-    if v is None and c[2] is not None:
-        raise RuntimeError(
-            f"{op}: an in-place operation on a view of this tensor (v += w, recorded by autograd) "
-            f"changed its values, and its graph does not show that write (PyTorch would rebuild it; "
-            f"gpudl cannot). Write through the tensor itself (x[i] += w), or take its values "
-            f"under no_grad()")
 
 
 def _reduce_to(g, shape, dtype):

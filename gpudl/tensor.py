@@ -51,7 +51,7 @@ class Tensor:
         t = tensor(data, dtype=dtype, device=device, requires_grad=requires_grad)
         self.data, self.device = t.data, t.device
         self._requires_grad, self._grad, self._node, self._view = t.requires_grad, None, None, None
-        self._ver = [0, 0, None]
+        self._ver = [0, 0]
 
     @classmethod
     def _make(cls, array, device, requires_grad=False):
@@ -63,25 +63,21 @@ class Tensor:
         t._requires_grad = requires_grad
         t._grad = None
         t._node = None
-        t._ver = [0, 0, None]
+        t._ver = [0, 0]
         t._view = None
         return t
 
     def _counter(self):
         """The version counter this tensor shares with the tensors that view its
-        memory: ``[version, recorded writes, written through a view]``.  Every
-        in-place write moves the version, and a backward pass that needs a value
-        saved before a write refuses (as PyTorch).  In-place writes that autograd
-        records also move the second count: a view taken before one (``_view``
-        holds the count it was taken at) no longer matches its graph and may not
-        enter another.  The third is set while a recorded ``v += w`` on a view v
-        has written through into memory whose owner's graph does not show it
-        (see ops/inplace.py); the owner may not enter a graph until a setitem
-        writes the same region again (``x[i] += w`` does)."""
+        memory: ``[version, recorded writes]``.  Every in-place write moves the
+        version, and a backward pass that needs a value saved before a write
+        refuses (as PyTorch).  In-place writes that autograd records also move
+        the second count: a view taken before one (``_view`` holds the count it
+        was taken at) no longer matches its graph and may not enter another."""
         try:
             return self._ver
         except AttributeError:
-            self._ver = [0, 0, None]
+            self._ver = [0, 0]
             return self._ver
 
     def _bump(self):
@@ -327,7 +323,8 @@ class _ToDevice(autograd.Function):
         out_arr = as_device_array(x, dev, "to")
         if out_arr is x.data:               # both NumPy (the emulated device): still a copy
             out_arr = out_arr.copy()
-        autograd.check_view_current(x, "to")
+        if x._view is not None:
+            autograd.check_view_current(x, "to")
         record = autograd.is_grad_enabled() and x.requires_grad
         out = Tensor._make(out_arr, dev, requires_grad=record)
         if record:

@@ -810,30 +810,6 @@ def test_zero_fill_and_clamp_are_recorded(device):
         (a * 1).clamp_(min=s)
 
 
-def test_operators_on_a_view_write_through_and_guard_the_owner(device):
-    """v += w on a view v: the values reach the viewed memory, as in PyTorch, and
-    v takes the result's graph; the memory's owner, whose graph does not show
-    the write, is refused in grad mode until a setitem writes that region
-    (x[i] += w does, and matches PyTorch's gradient)."""
-    f64 = gpudl.float64
-    w = gpudl.tensor([1.0, 2.0], dtype=f64, device=device, requires_grad=True)
-    y = gpudl.zeros(4, dtype=f64, device=device)
-    v = y[0:2]
-    v += w
-    with gpudl.no_grad():
-        close(y, [1.0, 2.0, 0.0, 0.0])
-    with pytest.raises(RuntimeError, match="on a view of this tensor"):
-        y.sum()
-    (v * v).sum().backward()
-    close(w.grad, [2.0, 4.0])
-    w.grad = None
-    x = gpudl.zeros(2, 3, dtype=f64, device=device)
-    x[:, 0] += w
-    x[1:, 1:] += w[1] * 2
-    (x * x).sum().backward()                    # healed by the setitems: x may enter the graph
-    close(w.grad, [2.0, 4.0 + 2 * 2 * (2 * 2.0 * 2)])
-
-
 def test_integer_division_by_zero_raises_on_the_cpu():
     """As PyTorch's CPU kernels (NumPy gives 0 and a warning); floats give inf/NaN."""
     i = gpudl.tensor([5, 3])
@@ -843,3 +819,29 @@ def test_integer_division_by_zero_raises_on_the_cpu():
             f()
     assert (i // 2).tolist() == [2, 1] and (i % 2).tolist() == [1, 1]
     assert np.isinf((gpudl.tensor([1.0]) // 0.0).numpy()).all()
+
+
+def test_operators_on_views(device):
+    """x[i] += w matches PyTorch (a view, then setitem into x); v = x[i]; v += w
+    rebinds v (x keeps its values, where PyTorch writes through: documented);
+    a view of a leaf that requires grad is refused before anything is written."""
+    f64 = gpudl.float64
+    w = gpudl.tensor([1.0, 2.0], dtype=f64, device=device, requires_grad=True)
+    x = gpudl.zeros(2, 3, dtype=f64, device=device)
+    x[:, 0] += w
+    x[1:, 1:] += w[1] * 2
+    (x * x).sum().backward()
+    close(w.grad, [2.0, 36.0])                   # PyTorch's
+    y = gpudl.zeros(4, dtype=f64, device=device)
+    v = y[0:2]
+    v += w
+    close(v, [1.0, 2.0])
+    close(y, [0.0, 0.0, 0.0, 0.0])
+    lin = gpudl.nn.Linear(3, 2).to(device)
+    before = lin.weight.detach().clone()
+    row = lin.weight[0]
+    with pytest.raises(RuntimeError, match="view of a leaf tensor that requires grad"):
+        row *= 2.0
+    with pytest.raises(RuntimeError, match="view of a leaf tensor that requires grad"):
+        lin.weight[0] += 1
+    close(lin.weight.detach(), before.numpy(), rtol=0)

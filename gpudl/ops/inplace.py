@@ -16,10 +16,12 @@ refuses, as PyTorch's does.
 - A leaf that requires grad is refused while grad mode is on, as in PyTorch.
 - A view of another tensor's memory cannot take a recorded write, because
   gpudl does not move the base's graph with it.  The operators then compute
-  out of place, write the values through (as PyTorch does) and rebind the
-  name; the memory's owner may not enter a graph again until a setitem
-  writes that region (``x[i] += w`` does, and matches PyTorch).  The
-  methods, setitem and ``copy_`` refuse.
+  out of place (from a copy of the view's values) and rebind the name: the
+  base and other views keep the old values, where PyTorch would write
+  through.  ``x[i] += w`` (a view, then setitem into x) therefore matches
+  PyTorch; ``v = x[i]; v += w`` leaves x as it was.  A view of a leaf that
+  requires grad is refused, as in PyTorch.  The methods, setitem and
+  ``copy_`` refuse.
 - A view taken before a recorded write into its memory may not enter a graph
   again (in grad mode): its values are new and its graph is old.  Take the
   view again after the write.
@@ -33,7 +35,7 @@ import numbers
 import numpy
 
 from .. import autograd
-from ..autograd import quiet, writeable
+from ..autograd import quiet
 from .shape import recordable_inplace
 from ..tensor import Tensor
 from . import math as M
@@ -116,44 +118,13 @@ def _record_into(x, op, compute):
     return x
 
 
-def _through_view(v, other, op, out_of_place, true_divide):
-    """v op= other on a view v, where autograd must record it.  The base's graph
-    cannot be moved, so: the result is computed out of place (from a copy of v's
-    values, so that x[i] *= w -- a view, then setitem into x -- saves no view the
-    setitem then changes), its values are written through into the viewed
-    memory, as PyTorch writes them, and the name takes the result.  The memory's
-    owner, whose graph does not show the write, may not enter a graph again
-    until a setitem writes the same region (what ``x[i] += w`` does next);
-    other views of it taken before are stale."""
-    _checked(v, other, op, true_divide)
-    out = out_of_place(_copy_keeping_node(v), other)
-    if out.dtype != v.dtype:
-        out = M.astype(out, v.dtype)
-    if writeable(v.data):
-        v.device.backend.xp.copyto(v.data, out.data)
-        v._bump()
-        c = v._counter()
-        c[1] += 1
-        c[2] = (id(out), _footprint(v.data))
-    return out
-
-
-def _footprint(a):
-    """Where an array's elements lie: (first element's address, shape, strides)."""
-    return (a.__array_interface__["data"][0] if hasattr(a, "__array_interface__") else a.data.ptr,
-            a.shape, a.strides)
-
-
-def healed_by(x, steps, value):
-    """After a recorded setitem of ``value`` into x at ``steps``: the write through a
-    view that poisoned x's memory is covered if it was this value, at this region."""
-    c = x._counter()
-    if c[2] is not None and isinstance(value, Tensor) and c[2][0] == id(value):
-        region = x.data
-        for part in steps:
-            region = region[part]
-        if getattr(region, "base", None) is not None and _footprint(region) == c[2][1]:
-            c[2] = None
+def _views_a_leaf_needing_grad(v):
+    """Whether v is (a view of a view of ...) a view of a leaf that requires grad:
+    view ops take the viewed tensor as their first input."""
+    t = v
+    while t is not None and t._view is not None and t._node is not None:
+        t = t._node.inputs[0]
+    return t is not None and t is not v and t.requires_grad and t._node is None
 
 
 def _operator(op, ufunc, out_of_place, true_divide=False):
@@ -161,7 +132,15 @@ def _operator(op, ufunc, out_of_place, true_divide=False):
         _leaf_refused(self, op)
         if self._inplace_needs_recording(other):
             if getattr(self.data, "base", None) is not None:
-                return _through_view(self, other, op, out_of_place, true_divide)
+                # a view: out of place and the name rebound (its base's graph cannot follow),
+                # from a copy of its values, so that x[i] *= w (a view, then setitem into x)
+                # does not save a view that the setitem then changes
+                if _views_a_leaf_needing_grad(self):
+                    raise RuntimeError(f"{op}: a view of a leaf tensor that requires grad cannot take an "
+                                       f"in-place operation (as in PyTorch); do it under gpudl.no_grad()")
+                _checked(self, other, op, true_divide)
+                out = out_of_place(_copy_keeping_node(self), other)
+                return out if out.dtype == self.dtype else M.astype(out, self.dtype)
             return _recorded(self, other, op, out_of_place, true_divide)
         return _write(self, ufunc, other, op, true_divide)
     iop.__name__ = f"__i{ufunc}__"

@@ -350,8 +350,6 @@ def setitem(x, idx, value):
         x._node = Node(SetItem, ctx, (x if needs[0] else None, source if needs[1] else None), versions)
         x._requires_grad = True
         x._counter()[1] += 1                   # views of x taken before no longer match their graph
-        from .inplace import healed_by         # (inplace imports this module)
-        healed_by(x, steps, source)
 
 
 # ---- joining and splitting -----------------------------------------------------------
