@@ -15,13 +15,14 @@ refuses, as PyTorch's does.
   tensor before keeps the old node.
 - A leaf that requires grad is refused while grad mode is on, as in PyTorch.
 - A view of another tensor's memory cannot take a recorded write, because
-  gpudl does not move the base's graph with it.  The operators then compute
-  out of place (from a copy of the view's values) and rebind the name: the
-  base and other views keep the old values, where PyTorch would write
-  through.  ``x[i] += w`` (a view, then setitem into x) therefore matches
-  PyTorch; ``v = x[i]; v += w`` leaves x as it was.  A view of a leaf that
-  requires grad is refused, as in PyTorch.  The methods, setitem and
-  ``copy_`` refuse.
+  gpudl does not move the base's graph with it.  ``x[i] += w`` still works
+  and matches PyTorch: Python reads the view, the operator computes out of
+  place (from a copy of the view's values), and the setitem that follows
+  writes the result into x and records it.  The operator sees that setitem
+  coming in the caller's bytecode.  Anything else on a view is refused
+  (``v = x[i]; v += w``, the methods, setitem, ``copy_``), where PyTorch
+  would write through; so is a view of a leaf that requires grad, as in
+  PyTorch.
 - A view taken before a recorded write into its memory may not enter a graph
   again (in grad mode): its values are new and its graph is old.  Take the
   view again after the write.
@@ -30,7 +31,9 @@ refuses, as PyTorch's does.
 """
 from __future__ import annotations
 
+import dis
 import numbers
+import sys
 
 import numpy
 
@@ -118,6 +121,25 @@ def _record_into(x, op, compute):
     return x
 
 
+_STACK_SHUFFLES = {"SWAP", "COPY", "ROT_TWO", "ROT_THREE", "ROT_FOUR", "DUP_TOP", "DUP_TOP_TWO",
+                   "CACHE", "EXTENDED_ARG", "NOP"}
+
+
+def _stored_by_subscript(frame):
+    """Whether the augmented assignment running in ``frame`` stores its result with
+    a subscript: ``x[i] += w`` is x.__getitem__, __iadd__ on that view, then
+    x.__setitem__ (STORE_SUBSCR), which writes the result into x and records it.
+    None where the caller's bytecode cannot be read."""
+    try:
+        lasti = frame.f_lasti
+        for ins in dis.get_instructions(frame.f_code):
+            if ins.offset > lasti and ins.opname not in _STACK_SHUFFLES:
+                return ins.opname == "STORE_SUBSCR"
+    except Exception:          # an unusual frame or interpreter: don't guess
+        return None
+    return None
+
+
 def _views_a_leaf_needing_grad(v):
     """Whether v is (a view of a view of ...) a view of a leaf that requires grad:
     view ops take the viewed tensor as their first input."""
@@ -138,6 +160,12 @@ def _operator(op, ufunc, out_of_place, true_divide=False):
                 if _views_a_leaf_needing_grad(self):
                     raise RuntimeError(f"{op}: a view of a leaf tensor that requires grad cannot take an "
                                        f"in-place operation (as in PyTorch); do it under gpudl.no_grad()")
+                if _stored_by_subscript(sys._getframe(1)) is False:
+                    raise RuntimeError(
+                        f"{op}: this tensor views another tensor's memory and autograd must record the "
+                        f"write; PyTorch would write it through into that tensor, which gpudl cannot "
+                        f"record. Write x[i] {op} w on the tensor that owns the memory, or v = v "
+                        f"{op[:-1]} w for a new tensor")
                 _checked(self, other, op, true_divide)
                 out = out_of_place(_copy_keeping_node(self), other)
                 return out if out.dtype == self.dtype else M.astype(out, self.dtype)
