@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import math
 import os
 import sys
@@ -56,6 +55,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from gpudl._errstate import quiet
 
 try:  # BLAS with beta = 1 accumulates in place; NumPy's matmul cannot
     from scipy.linalg import blas as _blas
@@ -83,15 +84,9 @@ _CHUNK = 8
 # ---------------------------------------------------------------------------
 # small helpers
 
-def _quiet(fn):
-    """Run a kernel-level op without NumPy's floating-point warnings: like
-    the CUDA kernels (and PyTorch), an inf or NaN in the data is a value,
-    not an event."""
-    @functools.wraps(fn)
-    def quiet(*args, **kwargs):
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-            return fn(*args, **kwargs)
-    return quiet
+# kernel-level ops run without NumPy's floating-point warnings: like the CUDA
+# kernels (and PyTorch), an inf or NaN in the data is a value, not an event
+_quiet = quiet
 
 
 def _float_dtype(*arrays):

@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from gpudl._errstate import quiet
+
+
+@quiet                                             # exp(-x) may overflow to inf: sigmoid 0, a value
 def lstm_cell_forward(gates, c_prev, out=None):
     N, G = gates.shape
     H = G // 4
@@ -24,12 +28,11 @@ def lstm_cell_forward(gates, c_prev, out=None):
     h, c, a = out                                  # a = saved, gate-major: i, f, g, o, tanh(c)
     np.copyto(a[:4], gates.reshape(N, 4, H).transpose(1, 0, 2))
     one = gates.dtype.type(1)
-    with np.errstate(over="ignore"):
-        for s in (a[:2], a[3]):                    # sigmoid(x) = 1 / (1 + exp(-x))
-            np.negative(s, out=s)
-            np.exp(s, out=s)
-            s += one
-            np.reciprocal(s, out=s)
+    for s in (a[:2], a[3]):                        # sigmoid(x) = 1 / (1 + exp(-x))
+        np.negative(s, out=s)
+        np.exp(s, out=s)
+        s += one
+        np.reciprocal(s, out=s)
     np.tanh(a[2], out=a[2])
     i, f, g, o, tc = a
     np.multiply(f, c_prev, out=c)

@@ -38,7 +38,7 @@ import sys
 import numpy
 
 from .. import autograd
-from ..autograd import quiet
+from .._errstate import quiet
 from .shape import recordable_inplace
 from ..tensor import Tensor
 from . import math as M

@@ -7,7 +7,8 @@ import numbers
 
 import numpy
 
-from ..autograd import Function, quiet
+from .._errstate import quiet
+from ..autograd import Function
 from ..tensor import Tensor, as_dtype
 from ._util import binary_operands, norm_axis, expand_reduced, require_float, unreduce
 
@@ -375,8 +376,7 @@ class MaxMin(Function):
             mask |= ctx.xp.isnan(x) & ctx.xp.isnan(out)
         count = mask.sum(axis=ctx.axes, keepdims=True)
         g = unreduce(g, ctx.axes, ctx.keepdims, x.ndim, ctx.xp)
-        with numpy.errstate(divide="ignore", invalid="ignore"):     # (no maximum found: NaN)
-            return mask * (g / count).astype(x.dtype), None, None, None, None
+        return mask * (g / count).astype(x.dtype), None, None, None, None      # (no maximum: NaN)
 
 
 class Var(Function):
