@@ -84,6 +84,8 @@ def cmd_info(args):
     kd = kernel_dir()
     files = sorted(f for f in os.listdir(kd) if f.endswith(".cu"))
     print(f"kernel sources: {kd}: {', '.join(files)}")
+    from .backend import _native
+    print(f"CPU native kernels ({_native.SOURCE}): {_native.status()}")
     if ok:
         import cupy
         for i in range(count):

@@ -26,6 +26,19 @@ def rng(seed=0):
     return np.random.default_rng(seed)
 
 
+# Every test here runs twice: on the native kernels (kernels/cpu_native.c,
+# where they are used) and on the NumPy path that stands in where they
+# cannot be built.  test_native_kernels_build_where_a_compiler_is makes sure
+# the first does not skip silently.
+@pytest.fixture(autouse=True, params=["native", "numpy"])
+def cpu_path(request, monkeypatch):
+    if request.param == "numpy":
+        monkeypatch.setattr(K, "_native_fn", lambda name, dt: None)
+    elif K._native.lib() is None:
+        pytest.skip("native kernels not built here: " + K._native.status())
+    return request.param
+
+
 def pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
@@ -667,9 +680,9 @@ def test_conv2d_cols_affine_matches_tap_loop(case, poisoned):
     y = K._conv2d_forward(x, w, b, g, dt)
     np.testing.assert_allclose(y, ref_conv2d(x, w, b, s, p, d, G), rtol=1e-10, atol=1e-10)
     gy = rng(4).standard_normal(y.shape)
-    fast = K._conv2d_backward(x, w, gy, g, dt, True, True, True)
+    fast = K._conv2d_backward(x, w, gy, g, dt, True, True)
     g.affine = None
-    slow = K._conv2d_backward(x, w, gy, g, dt, True, True, True)
+    slow = K._conv2d_backward(x, w, gy, g, dt, True, True)
     np.testing.assert_allclose(K._conv2d_forward(x, w, b, g, dt), y, rtol=1e-12, atol=1e-12)
     for a_, b_ in zip(fast, slow):
         np.testing.assert_allclose(a_, b_, rtol=1e-12, atol=1e-12)
@@ -775,7 +788,9 @@ def test_blas_held_at_one_thread_inside_and_restored_after():
     assert _openblas_threads() == before
 
 
-def test_threaded_conv_leaves_blas_threads_as_they_were(monkeypatch):
+def test_threaded_conv_leaves_blas_threads_as_they_were(monkeypatch, cpu_path):
+    if cpu_path == "native":
+        pytest.skip("the native convolution calls no BLAS")
     before = _openblas_threads()
     monkeypatch.setattr(K, "_NCPU", max(2, K._NCPU))
     x = rng(23).standard_normal((32, 16, 32, 32)).astype(np.float32)   # >= _SERIAL_FLOPS

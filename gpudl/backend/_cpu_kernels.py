@@ -1,4 +1,13 @@
-"""Kernel-level ops for the CPU backend, in vectorised NumPy.
+"""Kernel-level ops for the CPU backend, in vectorised NumPy and native C.
+
+Stride-1, ungrouped convolutions and max pooling run in the native kernels
+of ``kernels/cpu_native.c`` (see :mod:`._native` and the C source: each
+output channel a sum of shifted rows of a zero-padded grid, held in vector
+registers, with no columns built) whenever that library could be built for
+this machine.  Everything below is the NumPy path, which does all the rest
+(strided and grouped convolutions, average pooling, softmax) and all of it
+where no C compiler answers; the tests run both paths against the same
+references.
 
 These are the functions :mod:`gpudl.backend.numpy_backend` exports under the
 backend contract (see :mod:`gpudl.backend`).  They take and return
@@ -57,6 +66,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from gpudl._errstate import quiet
+
+from . import _native
 
 try:  # BLAS with beta = 1 accumulates in place; NumPy's matmul cannot
     from scipy.linalg import blas as _blas
@@ -872,6 +883,121 @@ def matmul(a, b, out=None):
 
 
 # ---------------------------------------------------------------------------
+# native kernels (kernels/cpu_native.c, see _native): stride-1 convolution
+# and max pooling, where the library could be built
+
+_NATIVE_CODE = {np.dtype(np.float32): "f", np.dtype(np.float64): "d"}
+_C_LONG = np.dtype("i%d" % ctypes.sizeof(ctypes.c_long))
+_NATIVE_SERIAL_FLOPS = 2e7      # native convs smaller than this stay on the caller
+_NATIVE_BLOCK = 32              # positions per kernel block (elements; 2 vectors)
+_NATIVE_VECTOR = 64             # bytes per vector (VBYTES in the C source)
+
+
+def _native_fn(name, dt):
+    lib = _native.lib()
+    code = _NATIVE_CODE.get(np.dtype(dt))
+    return None if lib is None or code is None else getattr(lib, name + "_" + code)
+
+
+class _Grid:
+    """The native kernels' shared-padding grid for a stride-1 convolution
+    (see kernels/cpu_native.c).  Each line holds W data and ``pitch - W``
+    zeros, each image ``Hq`` lines (the last ``Hq - H`` zero), and images
+    follow one another, so that a tap's read off the image lands in zeros:
+    ``pitch >= W + pw`` and ``Hq >= H + ph`` (and both fit the outputs).
+    Input (h, w) of image n is at ``lead + n * img + h * pitch + w`` of a
+    channel's row, output (i, j) reads it at ``n * img + i * pitch + j +
+    off[t]``.  The output gradient is packed on the same grid with
+    ``maxoff`` zeros before it, and the input gradient reads it at the
+    reversed shifts ``goff``."""
+
+    __slots__ = ("pitch", "img", "lead", "off", "goff", "maxoff", "rowlen")
+
+    def __init__(self, g):
+        ph, pw, dh, dw = g.h.p, g.w.p, g.h.d, g.w.d
+        self.pitch = pitch = max(g.W + pw, g.w.Lo)
+        self.img = max(g.H + ph, g.h.Lo) * pitch
+        self.lead = lead = ph * pitch + pw
+        off = [kh * dh * pitch + kw * dw for kh in range(g.kH) for kw in range(g.kW)]
+        self.maxoff = off[-1]
+        self.off = np.array(off, _C_LONG)
+        self.goff = np.array([self.maxoff + lead - o for o in off], _C_LONG)
+        # the kernels read up to two blocks past the last position they compute
+        self.rowlen = g.N * self.img + lead + self.maxoff + 3 * _NATIVE_BLOCK
+
+    def pack(self, a, lead, dt):
+        """a (N, C, H, W) -> (C, rowlen) rows on the grid, ``lead`` zeros first."""
+        a = np.ascontiguousarray(a, dt)
+        N, C, H, W = a.shape
+        buf = np.empty((C, self.rowlen), dt)
+        fn = _native_fn("gd_pack", dt)
+        _parallel(lambda nb: fn(a.ctypes.data, N, C, H, W, buf.ctypes.data, self.rowlen, lead,
+                                self.img, self.pitch, nb.start, nb.stop), _batch_split(N))
+        return buf
+
+
+def _native_conv_ok(g, dt):
+    return (g.s == (1, 1) and g.G == 1 and g.kH * g.kW > 0
+            and _native_fn("gd_shift_conv", dt) is not None)
+
+
+def _shift_conv(src, off, w2, bias, out, q, dt):
+    """out (N, Co, Ho, Wo) = the shifted sum of src's rows (see the C source)."""
+    N, Co, Ho, Wo = out.shape
+    fn = _native_fn("gd_shift_conv", dt)
+    bp = None if bias is None else bias.ctypes.data
+    Ci = w2.shape[1] // len(off)
+    _parallel(lambda nb: fn(src.ctypes.data, q.rowlen, Ci, off.ctypes.data, len(off), w2.ctypes.data,
+                            bp, Co, q.img, q.pitch, Ho, Wo, nb.start, nb.stop, out.ctypes.data),
+              _batch_split(N))
+
+
+def _conv2d_forward_native(x, w, b, g, dt):
+    y = np.empty((g.N, g.O, g.h.Lo, g.w.Lo), dt)
+    if y.size == 0:
+        return y
+    q = _Grid(g)
+    X = q.pack(x, q.lead, dt)
+    w2 = np.ascontiguousarray(w, dt).reshape(g.O, -1)
+    bias = None if b is None else np.ascontiguousarray(b, dt)
+    _shift_conv(X, q.off, w2, bias, y, q, dt)
+    return y
+
+
+def _conv2d_backward_native(x, w, gy, g, dt, need_x, need_w):
+    """(gx, gw) as :func:`_conv2d_backward`, on the native kernels."""
+    gx = gw = None
+    q = _Grid(g)
+    T = g.kH * g.kW
+    gy = np.ascontiguousarray(gy, dt)
+    if need_w:
+        X = q.pack(x, q.lead, dt)
+        # the output gradient channels-last, a lane per output channel
+        L = _NATIVE_VECTOR // np.dtype(dt).itemsize
+        Op = -(-g.O // L) * L
+        Gt = np.empty((g.N * q.img, Op), dt)
+        pack = _native_fn("gd_pack_cl", dt)
+        parts = _batch_split(g.N)
+        _parallel(lambda nb: pack(gy.ctypes.data, g.N, g.O, g.h.Lo, g.w.Lo, Gt.ctypes.data, Op,
+                                  q.img, q.pitch, nb.start, nb.stop), parts)
+        fn = _native_fn("gd_wgrad_cl", dt)
+        acc = np.zeros((len(parts), g.C * T, Op), dt)
+        _parallel(lambda k: fn(Gt.ctypes.data, Op, X.ctypes.data, q.rowlen, g.C, q.off.ctypes.data,
+                               T, q.img, g.h.Lo * q.pitch, parts[k].start, parts[k].stop,
+                               acc[k].ctypes.data), range(len(parts)))
+        gwt = acc.sum(axis=0) if len(parts) > 1 else acc[0]
+        gw = np.ascontiguousarray(gwt[:, :g.O].T).reshape(g.O, g.C, g.kH, g.kW)
+        del X, Gt
+    if need_x:
+        Gp = q.pack(gy, q.maxoff, dt)               # (O, rowlen): the output grid at maxoff
+        wT = np.ascontiguousarray(
+            np.asarray(w, dt).reshape(g.O, g.C, T).transpose(1, 0, 2)).reshape(g.C, g.O * T)
+        gx = np.empty((g.N, g.C, g.H, g.W), dt)
+        _shift_conv(Gp, q.goff, wT, None, gx, q, dt)
+    return gx, gw
+
+
+# ---------------------------------------------------------------------------
 # convolution
 
 def _conv_flops(g):
@@ -884,6 +1010,9 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     """2-D cross-correlation, PyTorch semantics; see the module docstring."""
     dt = _float_dtype(x, w)
     g = _Geom(x.shape, w.shape, stride, padding, dilation, groups, dt)
+    if _native_conv_ok(g, dt):
+        with _serial(_conv_flops(g) < _NATIVE_SERIAL_FLOPS):
+            return _conv2d_forward_native(x, w, b, g, dt)
     small = _conv_flops(g) < _SERIAL_FLOPS
     with _serial(small), _hold_blas(not small):
         return _conv2d_forward(x, w, b, g, dt)
@@ -923,10 +1052,18 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, groups,
     need_x, need_w, need_b = (bool(v) for v in need)
     dt = _float_dtype(x, w, gy)
     g = _Geom(x.shape, w.shape, stride, padding, dilation, groups, dt)
-    small = _conv_flops(g) < _SERIAL_FLOPS
-    with _serial(small), _hold_blas(not small):
+    native = _native_conv_ok(g, dt)
+    small = _conv_flops(g) < (_NATIVE_SERIAL_FLOPS if native else _SERIAL_FLOPS)
+    gb = gy.sum(axis=(0, 2, 3), dtype=dt) if need_b else None
+    if not (need_x or need_w):
+        return None, None, gb
+    if gy.size == 0 or x.size == 0:
+        return (np.zeros((g.N, g.C, g.H, g.W), dt) if need_x else None,
+                np.zeros((g.O, g.Cg, g.kH, g.kW), dt) if need_w else None, gb)
+    with _serial(small), _hold_blas(not small and not native):
         w_bad = not np.isfinite(np.add.reduce(w, axis=None))
-        gx, gw, gb = _conv2d_backward(x, w, gy, g, dt, need_x and not w_bad, need_w, need_b)
+        gx, gw = (_conv2d_backward_native if native else _conv2d_backward)(
+            x, w, gy, g, dt, need_x and not w_bad, need_w)
         # non-finite data: the definition where the fast paths made NaNs it
         # would not (see _tap_windows); a NaN that remains is the data's own
         if need_x and w_bad:
@@ -980,17 +1117,9 @@ def _conv_weight_grad_direct(x, gy, g, dt):
     return gw.reshape(g.O, g.Cg, g.kH, g.kW)
 
 
-def _conv2d_backward(x, w, gy, g, dt, need_x, need_w, need_b):
-    gb = gy.sum(axis=(0, 2, 3), dtype=dt) if need_b else None
+def _conv2d_backward(x, w, gy, g, dt, need_x, need_w):
+    """(gx, gw), None where not needed, for non-empty x and gy."""
     gx = gw = None
-    if not (need_x or need_w):
-        return gx, gw, gb
-    if gy.size == 0 or x.size == 0:
-        if need_x:
-            gx = np.zeros((g.N, g.C, g.H, g.W), dt)
-        if need_w:
-            gw = np.zeros((g.O, g.Cg, g.kH, g.kW), dt)
-        return gx, gw, gb
     M, T, KK, Cg = g.M, g.tail, len(g.taps), g.Cg
     if g.use_cols:
         # (G, Og, Mc) for the weights' gradient, (G, Og, M) for the input's
@@ -1044,7 +1173,7 @@ def _conv2d_backward(x, w, gy, g, dt, need_x, need_w, need_b):
         full = g.h.covered and g.w.covered
         gx = (np.empty if full else np.zeros)((g.N, g.C, g.H, g.W), dt)
         _unpack_input(gX, g, gx, cf=g.use_cols)
-    return gx, gw, gb
+    return gx, gw
 
 
 # ---------------------------------------------------------------------------
@@ -1124,6 +1253,14 @@ def max_pool2d_forward(x, kernel, stride, padding):
     if y.size == 0:
         return y, arg
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    fn = _native_fn("gd_max_pool", x.dtype)
+    if fn is not None and H * W < 2 ** 31:
+        # one pass over each window in C, PyTorch's rule for ties, NaN and -inf
+        xc = np.ascontiguousarray(x)
+        _parallel(lambda r: fn(xc.ctypes.data, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw,
+                               r.start, r.stop, y.ctypes.data, arg.ctypes.data),
+                  _pool_split(N * C, x.size))
+        return y, arg
     KK = kh * kw
     # flat index = window origin (i * s - p) * W + (j * s - p) + tap offset
     offs = (np.arange(kh)[:, None] * W + np.arange(kw)[None, :]).astype(np.int32).reshape(-1)
@@ -1183,6 +1320,14 @@ def max_pool2d_backward(gy, argmax, x_shape, kernel, stride, padding):
     # The tiling path multiplies by a 0/1 mask: a non-finite gradient would reach
     # the whole window (0 * inf = NaN), so it takes the scatter, which gives it
     # to the argmax alone.  (One pass over gy, on the tiling layout only.)
+    fn = _native_fn("gd_max_pool_back", dt)
+    if fn is not None:
+        # a scatter-add per plane in C: overlapping windows add up, in order
+        gx = np.empty((N, C, H, W), dt)
+        g, am = np.ascontiguousarray(gy, dt), np.ascontiguousarray(argmax, np.int32)
+        _parallel(lambda r: fn(g.ctypes.data, am.ctypes.data, H * W, Ho * Wo, r.start, r.stop,
+                               gx.ctypes.data), _pool_split(N * C, gx.size))
+        return gx
     tiles = _tiles(H, W, Ho, Wo, kernel, stride, padding)
     if not tiles or (gy.size and not np.isfinite(np.add.reduce(gy, axis=None))):
         # Any other window layout: one scatter-add over flat indices

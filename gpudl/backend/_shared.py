@@ -1,6 +1,10 @@
 """What both backends share: batch norm's running-statistics update, written
-against the arrays' own operators (NumPy or CuPy)."""
+against the arrays' own operators (NumPy or CuPy), and the user's cache folder
+(compiled kernels here, datasets in :mod:`gpudl.data`)."""
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 
 def move_running_stats(running_mean, running_var, mean, var, m, momentum):
@@ -12,3 +16,10 @@ def move_running_stats(running_mean, running_var, mean, var, m, momentum):
         mom = stat.dtype.type(momentum)
         stat *= 1 - mom
         stat += mom * value.astype(stat.dtype)
+
+
+def cache_home():
+    """The user's cache folder: ``$XDG_CACHE_HOME`` when that is an absolute
+    path (the XDG spec ignores relative ones), else ``~/.cache``."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return Path(xdg) if os.path.isabs(xdg) else Path(os.path.expanduser("~")) / ".cache"

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy
 
 from .. import io as _io
+from ..backend._shared import cache_home
 
 ENV_VAR = "GPUDL_DATA"
 _CHUNK = 1 << 20
@@ -55,13 +56,6 @@ def data_root(root=None):
     if root is None:
         root = os.environ.get(ENV_VAR) or cache_home() / "gpudl"
     return Path(os.path.expanduser(os.fspath(root)))
-
-
-def cache_home():
-    """The user's cache folder: ``$XDG_CACHE_HOME`` when that is an absolute
-    path (the XDG spec ignores relative ones), else ``~/.cache``."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    return Path(xdg) if os.path.isabs(xdg) else Path(os.path.expanduser("~")) / ".cache"
 
 
 def search_dirs(root, name):

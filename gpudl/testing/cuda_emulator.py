@@ -222,7 +222,7 @@ def asan_env():
 
 
 def _cache_dir():
-    from ..data._util import cache_home
+    from ..backend._shared import cache_home
     d = os.environ.get("GPUDL_EMU_CACHE") or os.path.join(cache_home(), "gpudl", "emu")
     os.makedirs(d, exist_ok=True)
     return d

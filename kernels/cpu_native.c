@@ -1,0 +1,290 @@
+/* gpudl's native CPU kernels: stride-1 convolution and max pooling.
+ *
+ * Built at first use by gpudl/backend/_native.py with the system C compiler
+ * (-O3 -march=native), loaded with ctypes, called from the CPU backend's
+ * thread pool (ctypes releases the GIL); every function works on a range of
+ * images so that the threads split the batch.  Where no compiler answers,
+ * the backend keeps its NumPy path, which the tests compare with this one.
+ *
+ * Convolution on a shared-padding grid.  Each channel of the input is one
+ * flat row: image n's pixel (h, w) sits at lead + n * img + h * pitch + w,
+ * everything else is zero (the pack function writes the zeros too).  Output
+ * (i, j) of image n is grid position m = n * img + i * pitch + j, and tap t
+ * = (kh, kw) reads the row at m + off[t]: every tap is a fixed shift, so an
+ * output channel is a sum over (channel, tap) of shifted rows times a
+ * scalar weight.  The kernel holds a block of output channels x 32
+ * positions in vector registers, streams the rows once per block and writes
+ * only the positions that are outputs.  The input gradient is the same sum
+ * over the output gradient packed on the same grid (transposed weights,
+ * reversed shifts).  The weight gradient reads the output gradient
+ * channels-last, a vector lane per output channel.
+ *
+ * GCC/Clang vector extensions, not intrinsics: the compiler lowers a
+ * 64-byte vector to AVX-512, AVX2 pairs, NEON quads, whatever the machine
+ * has.  No fast-math, only -ffp-contract=fast (a * b + c as one fused
+ * multiply-add, as BLAS does): each position sums in a fixed order, and NaN
+ * and inf propagate as in the NumPy path.
+ */
+#include <math.h>
+#include <stddef.h>
+#include <string.h>
+
+#define VBYTES 64
+#define OB 12        /* output channels per block (forward / input gradient) */
+#define MV 2         /* vectors of positions per block */
+
+typedef float vf __attribute__((vector_size(VBYTES)));
+typedef double vd __attribute__((vector_size(VBYTES)));
+
+#define API __attribute__((visibility("default")))
+#define INLINE static inline __attribute__((always_inline))
+
+/* ---- packing ------------------------------------------------------------
+ * x (N, C, H, W) contiguous -> buf (C, rowlen): images n0..n1-1 onto the
+ * grid, zeros around them; the thread with n0 == 0 also zeroes [0, lead),
+ * the one with n1 == N everything after the last image. */
+#define DEF_PACK(T, S)                                                           \
+API void gd_pack_##S(const T* x, long N, long C, long H, long W, T* buf,        \
+                     long rowlen, long lead, long img, long pitch,             \
+                     long n0, long n1)                                          \
+{                                                                               \
+    for (long c = 0; c < C; c++) {                                              \
+        T* row = buf + c * rowlen;                                              \
+        if (n0 == 0) memset(row, 0, sizeof(T) * lead);                          \
+        for (long n = n0; n < n1; n++) {                                        \
+            T* dst = row + lead + n * img;                                      \
+            const T* src = x + (n * C + c) * H * W;                             \
+            for (long h = 0; h < H; h++) {                                      \
+                memcpy(dst + h * pitch, src + h * W, sizeof(T) * W);            \
+                memset(dst + h * pitch + W, 0, sizeof(T) * (pitch - W));        \
+            }                                                                   \
+            memset(dst + H * pitch, 0, sizeof(T) * (img - H * pitch));          \
+        }                                                                       \
+        if (n1 == N) {                                                          \
+            long end = lead + N * img;                                          \
+            memset(row + end, 0, sizeof(T) * (rowlen - end));                   \
+        }                                                                       \
+    }                                                                           \
+}
+DEF_PACK(float, f)
+DEF_PACK(double, d)
+
+/* ---- the shifted sum ------------------------------------------------------
+ * y[n, o, i, j] = bias[o] + sum_{c < C, t < T} w[o, c * T + t] * X[c * xs + m + off[t]]
+ * for m = n * img + i * pitch + j, i < Ho, j < Wo; images n0..n1-1.
+ * X rows must be readable MV vectors past the last position read. */
+#define DEF_CONV(T, S, V)                                                        \
+enum { L_##S = VBYTES / sizeof(T) };                                            \
+INLINE V ld_##S(const T* p) { V v; memcpy(&v, p, sizeof v); return v; }         \
+INLINE void st_##S(T* p, V v) { memcpy(p, &v, sizeof v); }                      \
+INLINE void conv_blk_##S(const T* X, long xs, const long* off, int nt, int C,   \
+                         const T* w, long K, const T* bias, int ob,             \
+                         T acc_out[OB][MV * L_##S], long m)                     \
+{                                                                               \
+    V acc[OB][MV];                                                              \
+    for (int o = 0; o < OB; o++)                                                \
+        for (int v = 0; v < MV; v++)                                            \
+            acc[o][v] = (V){0} + (o < ob && bias ? bias[o] : (T)0);            \
+    for (int c = 0; c < C; c++) {                                               \
+        const T* xc = X + c * xs + m;                                           \
+        const T* wc = w + (long)c * nt;                                         \
+        for (int t = 0; t < nt; t++) {                                          \
+            const T* xp = xc + off[t];                                          \
+            V x0 = ld_##S(xp), x1 = ld_##S(xp + L_##S);                         \
+            _Pragma("GCC unroll 12")                                            \
+            for (int o = 0; o < OB; o++) {                                      \
+                if (o < ob) {                                                   \
+                    T wv = wc[o * K + t];                                       \
+                    acc[o][0] += wv * x0;                                       \
+                    acc[o][1] += wv * x1;                                       \
+                }                                                               \
+            }                                                                   \
+        }                                                                       \
+    }                                                                           \
+    _Pragma("GCC unroll 12")                                                    \
+    for (int o = 0; o < OB; o++)                                                \
+        if (o < ob) {                                                           \
+            st_##S(acc_out[o], acc[o][0]);                                      \
+            st_##S(acc_out[o] + L_##S, acc[o][1]);                              \
+        }                                                                       \
+}                                                                               \
+API void gd_shift_conv_##S(const T* X, long xs, int C, const long* off, int nt, \
+                           const T* w, const T* bias, int O, long img,          \
+                           long pitch, long Ho, long Wo, long n0, long n1,      \
+                           T* y)                                                \
+{                                                                               \
+    enum { B = MV * L_##S };                                                    \
+    long K = (long)C * nt, span = Ho * pitch;                                   \
+    T res[OB][B];                                                               \
+    for (long n = n0; n < n1; n++) {                                            \
+        for (long p = 0; p < span; p += B) {                                    \
+            /* the output runs in positions p .. p + B - 1 */                   \
+            long run_l[B + 2], run_d[B + 2], run_n[B + 2];                      \
+            int nruns = 0;                                                      \
+            long i = p / pitch, j = p - i * pitch, l = 0;                       \
+            while (l < B && i < Ho) {                                           \
+                long left = pitch - j;                                          \
+                long take = left < B - l ? left : B - l;                        \
+                if (j < Wo) {                                                   \
+                    long len = (Wo - j) < take ? (Wo - j) : take;               \
+                    run_l[nruns] = l; run_d[nruns] = i * Wo + j;                \
+                    run_n[nruns++] = len;                                       \
+                }                                                               \
+                l += take; j += take;                                           \
+                if (j >= pitch) { j = 0; i++; }                                 \
+            }                                                                   \
+            for (int o0 = 0; o0 < O; o0 += OB) {                                \
+                int ob = O - o0 < OB ? O - o0 : OB;                             \
+                const T* wb = w + o0 * K;                                       \
+                const T* bb = bias ? bias + o0 : 0;                             \
+                switch (ob) {                                                   \
+                case OB: conv_blk_##S(X, xs, off, nt, C, wb, K, bb, OB, res, n * img + p); break; \
+                case 8: conv_blk_##S(X, xs, off, nt, C, wb, K, bb, 8, res, n * img + p); break; \
+                case 6: conv_blk_##S(X, xs, off, nt, C, wb, K, bb, 6, res, n * img + p); break; \
+                case 4: conv_blk_##S(X, xs, off, nt, C, wb, K, bb, 4, res, n * img + p); break; \
+                default: conv_blk_##S(X, xs, off, nt, C, wb, K, bb, ob, res, n * img + p); \
+                }                                                               \
+                for (int o = 0; o < ob; o++) {                                  \
+                    T* yo = y + ((n * O + o0 + o) * Ho) * Wo;                   \
+                    for (int r = 0; r < nruns; r++)                             \
+                        memcpy(yo + run_d[r], res[o] + run_l[r], sizeof(T) * run_n[r]); \
+                }                                                               \
+            }                                                                   \
+        }                                                                       \
+    }                                                                           \
+}
+DEF_CONV(float, f, vf)
+DEF_CONV(double, d, vd)
+
+/* ---- the weight gradient ----------------------------------------------------
+ * gw[c * nt + t, o] += sum over outputs m of gy[o at m] * X[c * xs + m + off[t]],
+ * the output gradient channels-last, Gt (positions, Op):
+ * position m = n * img + i * pitch + j holds gy[n, :, i, j], zeros in the
+ * gaps and for o >= O (Op, a multiple of the vector length).  A lane per
+ * output channel, a broadcast input value per (channel, tap): no horizontal
+ * sums and no masks.  gw is (C * nt, Op), added to. */
+#define WCL_K 12     /* (channel, tap) pairs per block, x 2 vectors of channels */
+#define WCL_P 256    /* positions per chunk (stays in L1/L2 across the blocks) */
+#define DEF_WGRAD_CL(T, S, V)                                                    \
+INLINE void wcl_blk_##S(const T* Gt, long Op, const T* const* xk, int kb, int nv,\
+                        long p0, long p1, T* gw)                                 \
+{                                                                               \
+    V acc[WCL_K][2] = {{{0}}};                                                  \
+    _Pragma("GCC unroll 12")                                                    \
+    for (int k = 0; k < WCL_K; k++)                                             \
+        if (k < kb) {                                                           \
+            acc[k][0] = ld_##S(gw + k * Op);                                    \
+            if (nv > 1) acc[k][1] = ld_##S(gw + k * Op + L_##S);                \
+        }                                                                       \
+    for (long m = p0; m < p1; m++) {                                            \
+        V g0 = ld_##S(Gt + m * Op), g1 = g0;                                    \
+        if (nv > 1) g1 = ld_##S(Gt + m * Op + L_##S);                           \
+        _Pragma("GCC unroll 12")                                                \
+        for (int k = 0; k < WCL_K; k++)                                         \
+            if (k < kb) {                                                       \
+                T xv = xk[k][m];                                                \
+                acc[k][0] += xv * g0;                                           \
+                if (nv > 1) acc[k][1] += xv * g1;                               \
+            }                                                                   \
+    }                                                                           \
+    _Pragma("GCC unroll 12")                                                    \
+    for (int k = 0; k < WCL_K; k++)                                             \
+        if (k < kb) {                                                           \
+            st_##S(gw + k * Op, acc[k][0]);                                     \
+            if (nv > 1) st_##S(gw + k * Op + L_##S, acc[k][1]);                 \
+        }                                                                       \
+}                                                                               \
+API void gd_wgrad_cl_##S(const T* Gt, long Op, const T* X, long xs, int C,      \
+                         const long* off, int nt, long img, long span,          \
+                         long n0, long n1, T* gw)                               \
+{                                                                               \
+    const T* xk[WCL_K];                                                         \
+    long K = (long)C * nt;                                                      \
+    for (long n = n0; n < n1; n++)                                              \
+        for (long q0 = 0; q0 < span; q0 += WCL_P) {                             \
+            long p0 = n * img + q0;                                             \
+            long p1 = n * img + (q0 + WCL_P < span ? q0 + WCL_P : span);        \
+            for (long ov = 0; ov < Op; ov += 2 * L_##S) {                       \
+                int nv = Op - ov >= 2 * L_##S ? 2 : 1;                          \
+                for (long k0 = 0; k0 < K; k0 += WCL_K) {                        \
+                    int kb = K - k0 < WCL_K ? (int)(K - k0) : WCL_K;            \
+                    for (int k = 0; k < kb; k++) {                              \
+                        long c = (k0 + k) / nt, t = (k0 + k) - c * nt;          \
+                        xk[k] = X + c * xs + off[t];                            \
+                    }                                                           \
+                    T* out = gw + k0 * Op + ov;                                 \
+                    if (kb == WCL_K && nv == 2)                                 \
+                        wcl_blk_##S(Gt + ov, Op, xk, WCL_K, 2, p0, p1, out);    \
+                    else if (kb == WCL_K)                                       \
+                        wcl_blk_##S(Gt + ov, Op, xk, WCL_K, 1, p0, p1, out);    \
+                    else                                                        \
+                        wcl_blk_##S(Gt + ov, Op, xk, kb, nv, p0, p1, out);      \
+                }                                                               \
+            }                                                                   \
+        }                                                                       \
+}                                                                               \
+API void gd_pack_cl_##S(const T* g, long N, long O, long Ho, long Wo, T* buf,   \
+                        long Op, long img, long pitch, long n0, long n1)        \
+{                                                                               \
+    (void)N;                                                                    \
+    for (long n = n0; n < n1; n++) {                                            \
+        T* dst = buf + n * img * Op;                                            \
+        memset(dst, 0, sizeof(T) * img * Op);                                   \
+        for (long o = 0; o < O; o++) {                                          \
+            const T* src = g + (n * O + o) * Ho * Wo;                           \
+            for (long i = 0; i < Ho; i++)                                       \
+                for (long j = 0; j < Wo; j++)                                   \
+                    dst[(i * pitch + j) * Op + o] = src[i * Wo + j];            \
+        }                                                                       \
+    }                                                                           \
+}
+DEF_WGRAD_CL(float, f, vf)
+DEF_WGRAD_CL(double, d, vd)
+
+/* ---- max pooling ------------------------------------------------------------
+ * Planes p0..p1-1 of x (planes, H, W): PyTorch's rule, the window's first
+ * maximum in row-major order, a NaN taken whenever met (so the last NaN),
+ * and a window of -inf alone points at its first element inside the image. */
+#define DEF_MAXPOOL(T, S)                                                        \
+API void gd_max_pool_##S(const T* x, long H, long W, long Ho, long Wo,          \
+                         long kh, long kw, long sh, long sw, long ph, long pw,  \
+                         long p0, long p1, T* y, int* arg)                      \
+{                                                                               \
+    for (long pl = p0; pl < p1; pl++) {                                         \
+        const T* xp = x + pl * H * W;                                           \
+        T* yp = y + pl * Ho * Wo;                                               \
+        int* ap = arg + pl * Ho * Wo;                                           \
+        for (long i = 0; i < Ho; i++) {                                         \
+            long h0 = i * sh - ph, h1 = h0 + kh;                                \
+            if (h0 < 0) h0 = 0;                                                 \
+            if (h1 > H) h1 = H;                                                 \
+            for (long j = 0; j < Wo; j++) {                                     \
+                long w0 = j * sw - pw, w1 = w0 + kw;                            \
+                if (w0 < 0) w0 = 0;                                             \
+                if (w1 > W) w1 = W;                                             \
+                T best = -INFINITY;                                             \
+                long bi = h0 * W + w0;                                          \
+                for (long h = h0; h < h1; h++)                                  \
+                    for (long w = w0; w < w1; w++) {                            \
+                        T v = xp[h * W + w];                                    \
+                        if (v > best || isnan(v)) { best = v; bi = h * W + w; } \
+                    }                                                           \
+                yp[i * Wo + j] = best;                                          \
+                ap[i * Wo + j] = (int)bi;                                       \
+            }                                                                   \
+        }                                                                       \
+    }                                                                           \
+}                                                                               \
+API void gd_max_pool_back_##S(const T* gy, const int* arg, long HW, long HWo,   \
+                              long p0, long p1, T* gx)                          \
+{                                                                               \
+    for (long pl = p0; pl < p1; pl++) {                                         \
+        T* g = gx + pl * HW;                                                    \
+        const T* gp = gy + pl * HWo;                                            \
+        const int* ap = arg + pl * HWo;                                         \
+        memset(g, 0, sizeof(T) * HW);                                           \
+        for (long k = 0; k < HWo; k++) g[ap[k]] += gp[k];                       \
+    }                                                                           \
+}
+DEF_MAXPOOL(float, f)
+DEF_MAXPOOL(double, d)
