@@ -241,6 +241,127 @@ API void gd_pack_cl_##S(const T* g, long N, long O, long Ho, long Wo, T* buf,   
 DEF_WGRAD_CL(float, f, vf)
 DEF_WGRAD_CL(double, d, vd)
 
+/* ---- batch normalisation ------------------------------------------------------
+ * x (N, C, L) contiguous, channels c0..c1-1.  A channel's N rows are read
+ * three times (sum, squared deviations, normalise) while they sit in the
+ * cache.  Sums: vector partial sums per row, rows added in double. */
+#define DEF_BN(T, S, V)                                                          \
+INLINE double row_sum_##S(const T* p, long L)                                   \
+{                                                                               \
+    V a0 = {0}, a1 = {0};                                                       \
+    long l = 0;                                                                 \
+    for (; l + 2 * L_##S <= L; l += 2 * L_##S) {                                \
+        a0 += ld_##S(p + l);                                                    \
+        a1 += ld_##S(p + l + L_##S);                                            \
+    }                                                                           \
+    a0 += a1;                                                                   \
+    double s = 0;                                                               \
+    for (int k = 0; k < L_##S; k++) s += a0[k];                                 \
+    for (; l < L; l++) s += p[l];                                               \
+    return s;                                                                   \
+}                                                                               \
+INLINE double row_sqdev_##S(const T* p, long L, T mean)                         \
+{                                                                               \
+    V a0 = {0}, a1 = {0};                                                       \
+    long l = 0;                                                                 \
+    for (; l + 2 * L_##S <= L; l += 2 * L_##S) {                                \
+        V d0 = ld_##S(p + l) - mean, d1 = ld_##S(p + l + L_##S) - mean;         \
+        a0 += d0 * d0;                                                          \
+        a1 += d1 * d1;                                                          \
+    }                                                                           \
+    a0 += a1;                                                                   \
+    double s = 0;                                                               \
+    for (int k = 0; k < L_##S; k++) s += a0[k];                                 \
+    for (; l < L; l++) { T d = p[l] - mean; s += d * d; }                       \
+    return s;                                                                   \
+}                                                                               \
+INLINE void row_sum_dot_##S(const T* g, const T* h, long L, double* sg, double* sgh) \
+{                                                                               \
+    V a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};                                   \
+    long l = 0;                                                                 \
+    for (; l + 2 * L_##S <= L; l += 2 * L_##S) {                                \
+        V g0 = ld_##S(g + l), g1 = ld_##S(g + l + L_##S);                       \
+        a0 += g0; a1 += g1;                                                     \
+        b0 += g0 * ld_##S(h + l); b1 += g1 * ld_##S(h + l + L_##S);             \
+    }                                                                           \
+    a0 += a1; b0 += b1;                                                         \
+    double s = 0, t = 0;                                                        \
+    for (int k = 0; k < L_##S; k++) { s += a0[k]; t += b0[k]; }                 \
+    for (; l < L; l++) { s += g[l]; t += g[l] * h[l]; }                         \
+    *sg += s; *sgh += t;                                                        \
+}                                                                               \
+/* mean, var: the batch's (written) or, with stats, the given ones (read) */    \
+API void gd_bn_fwd_##S(const T* x, long N, long C, long L, const T* w,          \
+                       const T* b, int stats, T* mean, T* var, T eps,           \
+                       long c0, long c1, T* y, T* xhat, T* invstd)              \
+{                                                                               \
+    T m = (T)(N * L);                                                           \
+    for (long c = c0; c < c1; c++) {                                            \
+        if (!stats) {                                                           \
+            double s = 0;                                                       \
+            for (long n = 0; n < N; n++) s += row_sum_##S(x + (n * C + c) * L, L); \
+            T mu = (T)s / m;                                                    \
+            double q = 0;                                                       \
+            for (long n = 0; n < N; n++) q += row_sqdev_##S(x + (n * C + c) * L, L, mu); \
+            mean[c] = mu;                                                       \
+            var[c] = (T)q / m;                                                  \
+        }                                                                       \
+        T mu = mean[c], inv = (T)1 / (T)sqrt(var[c] + eps);                     \
+        T wc = w ? w[c] : (T)1, bc = b ? b[c] : (T)0;                           \
+        invstd[c] = inv;                                                        \
+        for (long n = 0; n < N; n++) {                                          \
+            const T* xp = x + (n * C + c) * L;                                  \
+            T* hp = xhat + (n * C + c) * L;                                     \
+            T* yp = y + (n * C + c) * L;                                        \
+            for (long l = 0; l < L; l++) {                                      \
+                T h = (xp[l] - mu) * inv;                                       \
+                hp[l] = h;                                                      \
+                yp[l] = h * wc + bc;                                            \
+            }                                                                   \
+        }                                                                       \
+    }                                                                           \
+}                                                                               \
+/* sg, sgx (C,) written; gx when not NULL */                                    \
+API void gd_bn_bwd_##S(const T* g, const T* xhat, long N, long C, long L,       \
+                       const T* invstd, const T* w, int batch, long c0, long c1,\
+                       T* gx, T* sg, T* sgx)                                    \
+{                                                                               \
+    T m = (T)(N * L);                                                           \
+    for (long c = c0; c < c1; c++) {                                            \
+        double s = 0, t = 0;                                                    \
+        for (long n = 0; n < N; n++)                                            \
+            row_sum_dot_##S(g + (n * C + c) * L, xhat + (n * C + c) * L, L, &s, &t); \
+        sg[c] = (T)s;                                                           \
+        sgx[c] = (T)t;                                                          \
+        if (!gx) continue;                                                      \
+        T a = w ? invstd[c] * w[c] : invstd[c];                                 \
+        T k1 = batch ? a * (T)t / m : (T)0, k2 = batch ? a * (T)s / m : (T)0;   \
+        for (long n = 0; n < N; n++) {                                          \
+            const T* gp = g + (n * C + c) * L;                                  \
+            const T* hp = xhat + (n * C + c) * L;                                   \
+            T* op = gx + (n * C + c) * L;                                       \
+            for (long l = 0; l < L; l++) op[l] = gp[l] * a - hp[l] * k1 - k2;   \
+        }                                                                       \
+    }                                                                           \
+}
+DEF_BN(float, f, vf)
+DEF_BN(double, d, vd)
+
+/* ---- ReLU -----------------------------------------------------------------------
+ * Elements i0..i1-1.  max(x, 0) with NaN kept; the backward passes g where
+ * the output is not 0 (positive or NaN), as PyTorch's threshold_backward. */
+#define DEF_RELU(T, S)                                                           \
+API void gd_relu_##S(const T* x, T* y, long i0, long i1)                        \
+{                                                                               \
+    for (long i = i0; i < i1; i++) y[i] = x[i] < 0 ? (T)0 : x[i];               \
+}                                                                               \
+API void gd_relu_back_##S(const T* g, const T* y, T* gx, long i0, long i1)      \
+{                                                                               \
+    for (long i = i0; i < i1; i++) gx[i] = y[i] != 0 ? g[i] : (T)0;             \
+}
+DEF_RELU(float, f)
+DEF_RELU(double, d)
+
 /* ---- max pooling ------------------------------------------------------------
  * Planes p0..p1-1 of x (planes, H, W): PyTorch's rule, the window's first
  * maximum in row-major order, a NaN taken whenever met (so the last NaN),

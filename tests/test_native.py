@@ -168,3 +168,74 @@ def test_max_pool_agrees_with_the_numpy_path(seed, monkeypatch):
     gx, gx_ref = _both(lambda: K.max_pool2d_backward(gy, arg, x.shape, k, s, p), monkeypatch)
     np.testing.assert_allclose(gx, gx_ref, rtol=1e-6, atol=1e-6)
     assert gx.dtype == gx_ref.dtype
+
+
+@needs_native
+@pytest.mark.parametrize("seed", range(12))
+def test_batch_norm_agrees_with_the_numpy_path(seed, monkeypatch):
+    from gpudl.backend import _cpu_norm as B
+    r = np.random.default_rng(200 + seed)
+    shape = [(2, 3, 5), (4, 6, 7, 9), (3, 2, 40, 33), (2, 5, 1, 1), (1, 4, 3, 2, 2)][seed % 5]
+    dt = np.float64 if seed % 2 else np.float32
+    x = (r.standard_normal(shape) * 3 + 2).astype(dt)
+    if seed % 6 == 5:
+        x = x.transpose(0, 1, *range(x.ndim - 1, 1, -1))    # not contiguous
+    C = x.shape[1]
+    w = r.standard_normal(C).astype(dt) if seed % 3 else None
+    b = r.standard_normal(C).astype(dt) if seed % 4 else None
+    batch = seed % 5 != 3
+    rm, rv = r.standard_normal(C).astype(dt), r.random(C).astype(dt) + 0.5
+
+    def forward():
+        m, v = rm.copy(), rv.copy()
+        return B.batch_norm_forward(x, w, b, m, v, 1e-5, 0.1, batch) + (m, v)
+
+    got, ref = _both(lambda: forward(), monkeypatch)
+    tol = dict(rtol=1e-12, atol=1e-12) if dt == np.float64 else dict(rtol=1e-5, atol=1e-5)
+    for a, e in zip(got, ref):
+        np.testing.assert_allclose(a, e, **tol)
+        assert a.dtype == e.dtype and a.shape == e.shape
+    g = r.standard_normal(x.shape).astype(dt)
+    xhat, invstd = ref[1], ref[2]
+    for need in [(True, True, True), (True, False, False), (False, True, True)]:
+        got, ref_ = _both(lambda: B.batch_norm_backward(g, xhat, invstd, w, batch, need), monkeypatch)
+        for a, e in zip(got, ref_):
+            assert (a is None) == (e is None)
+            if a is not None:
+                np.testing.assert_allclose(a, e, **tol)
+
+
+@needs_native
+def test_batch_norm_threads_split_the_channels(monkeypatch):
+    from gpudl.backend import _cpu_norm as B
+    r = np.random.default_rng(7)
+    x = r.standard_normal((4, 7, 30, 30)).astype(np.float32)
+    one = B.batch_norm_forward(x, None, None, None, None, 1e-5, 0.1, True)
+    monkeypatch.setattr(K, "_NCPU", 3)
+    monkeypatch.setattr(B, "_SPLIT_MIN", 0)
+    assert len(B._channel_ranges(7, x.size)) == 3
+    many = B.batch_norm_forward(x, None, None, None, None, 1e-5, 0.1, True)
+    for a, e in zip(many, one):
+        np.testing.assert_array_equal(a, e)
+
+
+@needs_native
+@pytest.mark.parametrize("n", [0, 1, 17, 1000, 300_000])
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_relu_agrees_with_the_numpy_path(n, dt, monkeypatch):
+    from gpudl.backend import numpy_backend as nb
+    r = np.random.default_rng(n)
+    x = r.standard_normal(n).astype(dt)
+    g = r.standard_normal(n).astype(dt)
+    if n > 10:
+        x[:4] = [np.nan, 0.0, np.inf, -np.inf]
+        g[4:8] = [np.nan, np.nan, np.inf, -np.inf]
+    monkeypatch.setattr(K, "_ELEMENTWISE_SPLIT_MIN", 1000)      # the big ones run threaded
+    monkeypatch.setattr(K, "_NCPU", 3)
+    (y, gx), (y_ref, gx_ref) = _both(lambda: (nb.relu(x), nb.relu_backward(g, nb.relu(x))), monkeypatch)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(gx, gx_ref)
+    assert y.dtype == gx.dtype == dt
+    h = x.copy()
+    assert nb.relu(h, out=h) is h                                # in place, as the RNN uses it
+    np.testing.assert_array_equal(h, y_ref)

@@ -423,6 +423,14 @@ def test_relu_passes_the_gradient_at_nan(device):
     np.testing.assert_array_equal(x.grad.numpy(), [1.0, 0.0, 0.0, 1.0])
 
 
+def test_relu_blocks_a_nan_gradient_where_it_is_off(device):
+    """PyTorch's threshold_backward: 0 where the output is 0, whatever comes
+    (g * mask would make NaN * 0 = NaN there); g itself where it is on."""
+    x = t([-1.0, 0.0, 2.0, np.nan], device, requires_grad=True)
+    gpudl.relu(x).backward(t([np.nan, np.inf, np.nan, -np.inf], device))
+    np.testing.assert_array_equal(x.grad.numpy(), [0.0, 0.0, np.nan, -np.inf])
+
+
 def test_in_place_operators_write_into_the_tensor(device):
     """x -= ... under no_grad updates x (and what views it), as in PyTorch: a
     hand-written SGD loop trains; a leaf that requires grad is refused while

@@ -80,6 +80,8 @@ Array plumbing::
     from_dlpack(obj)
     erf(a)          the error function, elementwise
     relu(a, out=None)        max(a, 0), elementwise (NaN stays NaN)
+    relu_backward(g, y)      g where the ReLU's output y is not 0 (positive or
+                    NaN), else 0 (even where g is NaN: PyTorch's threshold_backward)
     matmul(a, b, out=None)   ``xp.matmul``; the CPU backend keeps BLAS's own
                     threads at one and spreads big products over its pool
     default_rng(seed)        a Generator with ``random`` / ``standard_normal``
@@ -92,7 +94,7 @@ import sys
 
 BACKEND_API = (
     "name", "xp", "asarray", "to_numpy", "is_array", "from_dlpack", "erf",
-    "relu", "matmul", "default_rng", "synchronize",
+    "relu", "relu_backward", "matmul", "default_rng", "synchronize",
     "conv2d_forward", "conv2d_backward",
     "max_pool2d_forward", "max_pool2d_backward",
     "avg_pool2d_forward", "avg_pool2d_backward",

@@ -899,6 +899,24 @@ def _native_fn(name, dt):
     return None if lib is None or code is None else getattr(lib, name + "_" + code)
 
 
+_ELEMENTWISE_SPLIT_MIN = 1 << 18  # elements: below this an elementwise kernel runs on the caller
+
+
+def native_elementwise(name, out, *ins):
+    """out = kernel(ins...) elementwise in C, cut over the threads; False (nothing
+    done) where the kernel is not there or the arrays are not all C-contiguous
+    arrays of out's shape and dtype."""
+    fn = _native_fn(name, out.dtype)
+    if fn is None or not out.flags.c_contiguous or any(
+            a.dtype != out.dtype or a.shape != out.shape or not a.flags.c_contiguous for a in ins):
+        return False
+    n = out.size
+    k = _threads() if n >= _ELEMENTWISE_SPLIT_MIN else 1
+    ptrs = [a.ctypes.data for a in ins] + [out.ctypes.data]
+    _parallel(lambda i: fn(*ptrs, n * i // k, n * (i + 1) // k), range(k))
+    return True
+
+
 class _Grid:
     """The native kernels' shared-padding grid for a stride-1 convolution
     (see kernels/cpu_native.c).  Each line holds W data and ``pitch - W``

@@ -1,7 +1,10 @@
-"""Batch normalisation for the CPU backend, in NumPy.
+"""Batch normalisation for the CPU backend, in native C or NumPy.
 
 The twins of the ``batch_norm_*`` kernels in ``kernels/batchnorm.cu``; the
-contract is in :mod:`gpudl.backend`.  Per-channel sums run as contiguous row
+contract is in :mod:`gpudl.backend`.  Inputs of 3+ dims in float32/64 run in
+``kernels/cpu_native.c`` where it could be built (one pass over a channel's
+rows for each sum while they sit in the cache, channels over the threads);
+the rest, and everything where no C compiler answers, runs in NumPy.  Per-channel sums run as contiguous row
 sums of the (N * C, L) view, and the per-channel dot products as one
 ``einsum`` over rows, so no full-size temporary is made for them.
 """
@@ -11,7 +14,28 @@ import math
 
 import numpy as np
 
+from ._cpu_kernels import _native_fn, _parallel, _threads
 from ._shared import move_running_stats
+
+_SPLIT_MIN = 1 << 18            # elements: below this one thread does all channels
+
+
+def _native_ok(name, a):
+    """The native kernel for a (N, C, ...) array of 3+ dims, else None."""
+    return _native_fn(name, a.dtype) if a.ndim >= 3 and a.size else None
+
+
+def _channel_ranges(C, size):
+    k = min(_threads(), C) if size >= _SPLIT_MIN else 1
+    return [(C * i // k, C * (i + 1) // k) for i in range(k)]
+
+
+def _opt(a, dt):
+    """A C-contiguous copy in dt (or a itself), and its address (0 for None)."""
+    if a is None:
+        return None, None
+    a = np.ascontiguousarray(a, dt)
+    return a, a.ctypes.data
 
 
 def _channel_sum(a):
@@ -32,6 +56,10 @@ def _channel_dot(a, b):
 
 
 def batch_norm_forward(x, weight, bias, running_mean, running_var, eps, momentum, use_batch_stats):
+    fn = _native_ok("gd_bn_fwd", x)
+    if fn is not None:
+        return _forward_native(fn, x, weight, bias, running_mean, running_var, eps, momentum,
+                               use_batch_stats)
     c = x.shape[1]
     shape = (1, c) + (1,) * (x.ndim - 2)
     m = x.size // c if c else 0
@@ -52,8 +80,47 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, eps, momentum
     return y, xhat, invstd
 
 
+def _forward_native(fn, x, weight, bias, running_mean, running_var, eps, momentum, batch):
+    """One C pass per channel (see kernels/cpu_native.c), channels over the threads."""
+    dt = x.dtype
+    x = np.ascontiguousarray(x)
+    N, C = x.shape[:2]
+    L = x.size // (N * C)
+    if batch:
+        mean, var = np.empty(C, dt), np.empty(C, dt)
+    else:
+        mean, var = np.array(running_mean, dt), np.array(running_var, dt)
+    w, wp = _opt(weight, dt)
+    b, bp = _opt(bias, dt)
+    y, xhat, invstd = np.empty_like(x), np.empty_like(x), np.empty(C, dt)
+    _parallel(lambda r: fn(x.ctypes.data, N, C, L, wp, bp, 0 if batch else 1, mean.ctypes.data,
+                           var.ctypes.data, eps, r[0], r[1], y.ctypes.data, xhat.ctypes.data,
+                           invstd.ctypes.data), _channel_ranges(C, x.size))
+    if batch and running_mean is not None:
+        move_running_stats(running_mean, running_var, mean, var, N * L, momentum)
+    return y, xhat, invstd
+
+
+def _backward_native(fn, g, xhat, invstd, weight, batch, need_x, need_w, need_b):
+    dt = xhat.dtype
+    g, xhat = np.ascontiguousarray(g, dt), np.ascontiguousarray(xhat)
+    N, C = g.shape[:2]
+    L = g.size // (N * C)
+    inv, _ = _opt(invstd, dt)
+    w, wp = _opt(weight, dt)
+    gx = np.empty_like(g) if need_x else None
+    sg, sgx = np.empty(C, dt), np.empty(C, dt)
+    _parallel(lambda r: fn(g.ctypes.data, xhat.ctypes.data, N, C, L, inv.ctypes.data, wp,
+                           1 if batch else 0, r[0], r[1], None if gx is None else gx.ctypes.data,
+                           sg.ctypes.data, sgx.ctypes.data), _channel_ranges(C, g.size))
+    return gx, (sgx if need_w else None), (sg if need_b else None)
+
+
 def batch_norm_backward(g, xhat, invstd, weight, use_batch_stats, need=(True, True, True)):
     need_x, need_w, need_b = (bool(v) for v in need)
+    fn = _native_ok("gd_bn_bwd", xhat)
+    if fn is not None and g.dtype == xhat.dtype:
+        return _backward_native(fn, g, xhat, invstd, weight, use_batch_stats, need_x, need_w, need_b)
     shape = (1, g.shape[1]) + (1,) * (g.ndim - 2)
     sg = _channel_sum(g) if (need_b or (need_x and use_batch_stats)) else None
     sgx = _channel_dot(g, xhat) if (need_w or (need_x and use_batch_stats)) else None

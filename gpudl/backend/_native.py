@@ -39,6 +39,10 @@ _SIGNATURES = {
     "gd_shift_conv": (_P, _L, _I, _P, _I, _P, _P, _I, _L, _L, _L, _L, _L, _L, _P),
     "gd_wgrad_cl": (_P, _L, _P, _L, _I, _P, _I, _L, _L, _L, _L, _P),
     "gd_pack_cl": (_P, _L, _L, _L, _L, _P, _L, _L, _L, _L, _L),
+    "gd_bn_fwd": (_P, _L, _L, _L, _P, _P, _I, _P, _P, None, _L, _L, _P, _P, _P),
+    "gd_bn_bwd": (_P, _P, _L, _L, _L, _P, _P, _I, _L, _L, _P, _P, _P),
+    "gd_relu": (_P, _P, _L, _L),
+    "gd_relu_back": (_P, _P, _P, _L, _L),
     "gd_max_pool": (_P, _L, _L, _L, _L, _L, _L, _L, _L, _L, _L, _L, _L, _P, _P),
     "gd_max_pool_back": (_P, _P, _L, _L, _L, _L, _P),
 }
@@ -126,9 +130,9 @@ def _load():
         try:
             dll = ctypes.CDLL(so)
             for name, args in _SIGNATURES.items():
-                for suffix in ("_f", "_d"):
-                    fn = getattr(dll, name + suffix)
-                    fn.argtypes, fn.restype = args, None
+                for suffix, real in (("_f", ctypes.c_float), ("_d", ctypes.c_double)):
+                    fn = getattr(dll, name + suffix)       # None: a scalar of the data's type
+                    fn.argtypes, fn.restype = [real if a is None else a for a in args], None
         except (OSError, AttributeError) as e:
             errors.append(f"loading {so}: {e}")
             continue

@@ -240,6 +240,10 @@ class _Backend:
         with self._scope():
             return self.xp.maximum(a, 0, out=out)
 
+    def relu_backward(self, g, y):
+        with self._scope():
+            return self.xp.where(y != 0, g, g.dtype.type(0))
+
     def matmul(self, a, b, out=None):
         with self._scope():
             return self.xp.matmul(a, b, out=out)

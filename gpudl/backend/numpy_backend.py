@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy
 import scipy.special
 
+from gpudl._errstate import quiet
+
 name = "numpy"
 xp = numpy
 
@@ -41,12 +43,29 @@ def relu(a, out=None):
     a = numpy.asarray(a)
     if a.dtype.kind != "f":
         return numpy.maximum(a, 0, out=out)
+    y = numpy.empty_like(a, order="C") if out is None else out
+    if native_elementwise("gd_relu", y, a):
+        return y
     z = _zeros.get(a.dtype)
     if z is None or z.size < a.size:
         z = numpy.zeros(max(a.size, 1 << 16), a.dtype)
         z.flags.writeable = False
         _zeros[a.dtype] = z
     return numpy.maximum(a, z[:a.size].reshape(a.shape), out=out)
+
+
+@quiet
+def relu_backward(g, y):
+    """g where the ReLU's output y is not 0 (positive, or NaN), else 0."""
+    g, y = numpy.asarray(g), numpy.asarray(y)
+    gx = numpy.empty_like(g, order="C")
+    if native_elementwise("gd_relu_back", gx, g, y):
+        return gx
+    on = y != 0
+    gx = numpy.multiply(g, on)          # (numpy.where is 10x slower here)
+    if gx.size and numpy.isnan(numpy.add.reduce(gx, axis=None)):
+        gx[~on] = 0                     # a NaN or inf g where the ReLU is off: 0, not NaN
+    return gx
 
 
 def default_rng(seed):
@@ -57,6 +76,7 @@ def synchronize():
     return None
 
 
+from ._cpu_kernels import native_elementwise  # noqa: E402
 from ._cpu_kernels import (  # noqa: E402,F401  (the kernel-level ops)
     matmul, conv2d_forward, conv2d_backward,
     max_pool2d_forward, max_pool2d_backward,

@@ -19,7 +19,7 @@ class ReLU(Function):
 
     @staticmethod
     def backward(ctx, g):
-        return g * (ctx.saved[0] != 0)      # out is >= 0 or NaN; NaN passes g on, as PyTorch
+        return ctx.backend.relu_backward(g, ctx.saved[0])   # out is >= 0 or NaN; NaN passes g on
 
 
 class LeakyReLU(Function):
