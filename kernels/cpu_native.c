@@ -69,10 +69,51 @@ API void gd_pack_##S(const T* x, long N, long C, long H, long W, T* buf,        
 DEF_PACK(float, f)
 DEF_PACK(double, d)
 
+/* Strided convolutions read one polyphase plane per tap: plane (rh, rw) of
+ * image n holds, at (i, j) < (Hq, pitch), the input sample
+ * (i * sh + rh - ph, j * sw + rw - pw), or zero off the image.  x (N, C, H,
+ * W) -> buf (C, rowlen) for one plane: image n's cells at n * ximg + base
+ * (an image's planes side by side, so that a block reads near addresses),
+ * images n0..n1-1, and zeros past the last image for the thread with
+ * n1 == N. */
+#define DEF_PACK_PHASE(T, S)                                                     \
+API void gd_pack_phase_##S(const T* x, long N, long C, long H, long W, T* buf,  \
+                           long rowlen, long Hq, long pitch, long ximg,         \
+                           long base, long sh, long sw, long h0, long w0,       \
+                           long n0, long n1)                                    \
+{                                                                               \
+    /* the cells j in [jl, jh) hold input columns j * sw + w0 inside [0, W) */  \
+    long jl = w0 >= 0 ? 0 : (-w0 + sw - 1) / sw;                                \
+    long jh = W - 1 >= w0 ? (W - 1 - w0) / sw + 1 : 0;                          \
+    if (jh > pitch) jh = pitch;                                                 \
+    if (jl > jh) jl = jh;                                                       \
+    for (long c = 0; c < C; c++) {                                              \
+        T* row = buf + c * rowlen;                                              \
+        for (long n = n0; n < n1; n++) {                                        \
+            const T* src = x + (n * C + c) * H * W;                             \
+            T* dst = row + n * ximg + base;                                     \
+            for (long i = 0; i < Hq; i++) {                                     \
+                long h = i * sh + h0;                                           \
+                T* d = dst + i * pitch;                                         \
+                if (h < 0 || h >= H) { memset(d, 0, sizeof(T) * pitch); continue; } \
+                const T* s = src + h * W + w0;                                  \
+                memset(d, 0, sizeof(T) * jl);                                   \
+                for (long j = jl; j < jh; j++) d[j] = s[j * sw];                \
+                memset(d + jh, 0, sizeof(T) * (pitch - jh));                    \
+            }                                                                   \
+        }                                                                       \
+        if (n1 == N) memset(row + N * ximg, 0, sizeof(T) * (rowlen - N * ximg)); \
+    }                                                                           \
+}
+DEF_PACK_PHASE(float, f)
+DEF_PACK_PHASE(double, d)
+
 /* ---- the shifted sum ------------------------------------------------------
  * y[n, o, i, j] = bias[o] + sum_{c < C, t < T} w[o, c * T + t] * X[c * xs + m + off[t]]
- * for m = n * img + i * pitch + j, i < Ho, j < Wo; images n0..n1-1.
+ * for m = n * ximg + i * pitch + j, i < Ho, j < Wo; images n0..n1-1.
  * X rows must be readable MV vectors past the last position read. */
+#define CONV_CASE(S, k)                                                          \
+    case k: conv_blk_##S(xn, xs, off, nt, C, wb, K, bb, k, res, p); break;
 #define DEF_CONV(T, S, V)                                                        \
 enum { L_##S = VBYTES / sizeof(T) };                                            \
 INLINE V ld_##S(const T* p) { V v; memcpy(&v, p, sizeof v); return v; }         \
@@ -109,8 +150,9 @@ INLINE void conv_blk_##S(const T* X, long xs, const long* off, int nt, int C,   
         }                                                                       \
 }                                                                               \
 API void gd_shift_conv_##S(const T* X, long xs, int C, const long* off, int nt, \
-                           const T* w, const T* bias, int O, long img,          \
-                           long pitch, long Ho, long Wo, long n0, long n1,      \
+                           const T* w, const T* bias, int O, long ximg,         \
+                           long pitch, long Ho, long Wo,                        \
+                           long n0, long n1,                                    \
                            T* y)                                                \
 {                                                                               \
     enum { B = MV * L_##S };                                                    \
@@ -133,16 +175,18 @@ API void gd_shift_conv_##S(const T* X, long xs, int C, const long* off, int nt, 
                 l += take; j += take;                                           \
                 if (j >= pitch) { j = 0; i++; }                                 \
             }                                                                   \
-            for (int o0 = 0; o0 < O; o0 += OB) {                                \
-                int ob = O - o0 < OB ? O - o0 : OB;                             \
+            /* blocks of even size (16 channels: 8 + 8, not 12 + 4) */           \
+            int nblk = (O + OB - 1) / OB;                                       \
+            for (int bk = 0; bk < nblk; bk++) {                                 \
+                int ob = O / nblk + (bk < O % nblk);                            \
+                int o0 = bk * (O / nblk) + (bk < O % nblk ? bk : O % nblk);     \
                 const T* wb = w + o0 * K;                                       \
                 const T* bb = bias ? bias + o0 : 0;                             \
+                const T* xn = X + n * ximg;                                     \
                 switch (ob) {                                                   \
-                case OB: conv_blk_##S(X, xs, off, nt, C, wb, K, bb, OB, res, n * img + p); break; \
-                case 8: conv_blk_##S(X, xs, off, nt, C, wb, K, bb, 8, res, n * img + p); break; \
-                case 6: conv_blk_##S(X, xs, off, nt, C, wb, K, bb, 6, res, n * img + p); break; \
-                case 4: conv_blk_##S(X, xs, off, nt, C, wb, K, bb, 4, res, n * img + p); break; \
-                default: conv_blk_##S(X, xs, off, nt, C, wb, K, bb, ob, res, n * img + p); \
+                CONV_CASE(S, 12) CONV_CASE(S, 11) CONV_CASE(S, 10) CONV_CASE(S, 9) \
+                CONV_CASE(S, 8) CONV_CASE(S, 7) CONV_CASE(S, 6) CONV_CASE(S, 5)  \
+                CONV_CASE(S, 4) CONV_CASE(S, 3) CONV_CASE(S, 2) CONV_CASE(S, 1)  \
                 }                                                               \
                 for (int o = 0; o < ob; o++) {                                  \
                     T* yo = y + ((n * O + o0 + o) * Ho) * Wo;                   \
@@ -195,30 +239,31 @@ INLINE void wcl_blk_##S(const T* Gt, long Op, const T* const* xk, int kb, int nv
         }                                                                       \
 }                                                                               \
 API void gd_wgrad_cl_##S(const T* Gt, long Op, const T* X, long xs, int C,      \
-                         const long* off, int nt, long img, long span,          \
+                         const long* off, int nt, long img, long ximg,          \
+                         long span,                                             \
                          long n0, long n1, T* gw)                               \
 {                                                                               \
     const T* xk[WCL_K];                                                         \
     long K = (long)C * nt;                                                      \
     for (long n = n0; n < n1; n++)                                              \
-        for (long q0 = 0; q0 < span; q0 += WCL_P) {                             \
-            long p0 = n * img + q0;                                             \
-            long p1 = n * img + (q0 + WCL_P < span ? q0 + WCL_P : span);        \
+        for (long p0 = 0; p0 < span; p0 += WCL_P) {                             \
+            long p1 = p0 + WCL_P < span ? p0 + WCL_P : span;                    \
+            const T* gn = Gt + n * img * Op;                                    \
             for (long ov = 0; ov < Op; ov += 2 * L_##S) {                       \
                 int nv = Op - ov >= 2 * L_##S ? 2 : 1;                          \
                 for (long k0 = 0; k0 < K; k0 += WCL_K) {                        \
                     int kb = K - k0 < WCL_K ? (int)(K - k0) : WCL_K;            \
                     for (int k = 0; k < kb; k++) {                              \
                         long c = (k0 + k) / nt, t = (k0 + k) - c * nt;          \
-                        xk[k] = X + c * xs + off[t];                            \
+                        xk[k] = X + c * xs + off[t] + n * ximg;                 \
                     }                                                           \
                     T* out = gw + k0 * Op + ov;                                 \
                     if (kb == WCL_K && nv == 2)                                 \
-                        wcl_blk_##S(Gt + ov, Op, xk, WCL_K, 2, p0, p1, out);    \
+                        wcl_blk_##S(gn + ov, Op, xk, WCL_K, 2, p0, p1, out);    \
                     else if (kb == WCL_K)                                       \
-                        wcl_blk_##S(Gt + ov, Op, xk, WCL_K, 1, p0, p1, out);    \
+                        wcl_blk_##S(gn + ov, Op, xk, WCL_K, 1, p0, p1, out);    \
                     else                                                        \
-                        wcl_blk_##S(Gt + ov, Op, xk, kb, nv, p0, p1, out);      \
+                        wcl_blk_##S(gn + ov, Op, xk, kb, nv, p0, p1, out);      \
                 }                                                               \
             }                                                                   \
         }                                                                       \

@@ -96,28 +96,29 @@ def _random_conv(r):
     ph, pw = int(r.integers(0, 7)), int(r.integers(0, 7))      # padding beyond the kernel too
     H = int(r.integers(max(1, dh * (kH - 1) + 1 - 2 * ph), 14))
     W = int(r.integers(max(1, dw * (kW - 1) + 1 - 2 * pw), 14))
-    return (N, C, H, W), (O, C, kH, kW), (ph, pw), (dh, dw)
+    stride = (1, 1) if r.random() < 0.4 else (int(r.integers(1, 4)), int(r.integers(1, 4)))
+    return (N, C, H, W), (O, C, kH, kW), (ph, pw), (dh, dw), stride
 
 
 @needs_native
-@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("seed", range(80))
 def test_conv_agrees_with_the_numpy_path(seed, monkeypatch):
     r = np.random.default_rng(seed)
-    xs, ws, pad, dil = _random_conv(r)
+    xs, ws, pad, dil, st = _random_conv(r)
     dt = np.float64 if seed % 2 else np.float32
     x = r.standard_normal(xs).astype(dt)
     w = r.standard_normal(ws).astype(dt)
     b = r.standard_normal(ws[0]).astype(dt) if seed % 3 else None
     if seed % 5 == 0:
         x = x[..., ::-1]                           # a view with negative strides
-    g = K._Geom(xs, ws, (1, 1), pad, dil, 1, np.dtype(dt))
+    g = K._Geom(xs, ws, st, pad, dil, 1, np.dtype(dt))
     assert K._native_conv_ok(g, np.dtype(dt))
-    y, y_ref = _both(lambda: K.conv2d_forward(x, w, b, (1, 1), pad, dil, 1), monkeypatch)
+    y, y_ref = _both(lambda: K.conv2d_forward(x, w, b, st, pad, dil, 1), monkeypatch)
     tol = dict(rtol=1e-12, atol=1e-12) if dt == np.float64 else dict(rtol=2e-5, atol=2e-5)
     np.testing.assert_allclose(y, y_ref, **tol)
     assert y.dtype == dt and y.shape == y_ref.shape
     gy = r.standard_normal(y.shape).astype(dt)
-    got, ref = _both(lambda: K.conv2d_backward(x, w, gy, (1, 1), pad, dil, 1), monkeypatch)
+    got, ref = _both(lambda: K.conv2d_backward(x, w, gy, st, pad, dil, 1), monkeypatch)
     for a, e in zip(got, ref):
         np.testing.assert_allclose(a, e, **tol)
 

@@ -919,7 +919,9 @@ def native_elementwise(name, out, *ins):
 
 class _Grid:
     """The native kernels' shared-padding grid for a stride-1 convolution
-    (see kernels/cpu_native.c).  Each line holds W data and ``pitch - W``
+    (see kernels/cpu_native.c), for ``n`` images: each thread packs and
+    computes its own part of the batch on its own grid, so that one hand-off
+    to the pool does a whole op.  Each line holds W data and ``pitch - W``
     zeros, each image ``Hq`` lines (the last ``Hq - H`` zero), and images
     follow one another, so that a tap's read off the image lands in zeros:
     ``pitch >= W + pw`` and ``Hq >= H + ph`` (and both fit the outputs).
@@ -927,91 +929,178 @@ class _Grid:
     channel's row, output (i, j) reads it at ``n * img + i * pitch + j +
     off[t]``.  The output gradient is packed on the same grid with
     ``maxoff`` zeros before it, and the input gradient reads it at the
-    reversed shifts ``goff``."""
+    reversed shifts."""
 
-    __slots__ = ("pitch", "img", "lead", "off", "goff", "maxoff", "rowlen")
+    __slots__ = ("g", "n", "pitch", "img", "ximg", "lead", "off", "maxoff", "rowlen")
 
-    def __init__(self, g):
+    def __init__(self, g, n):
         ph, pw, dh, dw = g.h.p, g.w.p, g.h.d, g.w.d
+        self.g, self.n = g, n
         self.pitch = pitch = max(g.W + pw, g.w.Lo)
         self.img = max(g.H + ph, g.h.Lo) * pitch
-        self.lead = lead = ph * pitch + pw
-        off = [kh * dh * pitch + kw * dw for kh in range(g.kH) for kw in range(g.kW)]
-        self.maxoff = off[-1]
-        self.off = np.array(off, _C_LONG)
-        self.goff = np.array([self.maxoff + lead - o for o in off], _C_LONG)
+        self.lead = ph * pitch + pw
+        self.ximg = self.img             # an image's stride in the packed input
+        self._taps([(0, kh * dh, kw * dw) for kh in range(g.kH) for kw in range(g.kW)])
+
+    def _taps(self, taps):
+        """taps: (plane, row shift, column shift) each; sets off, maxoff, rowlen."""
+        self.maxoff = max(qh * self.pitch + qw for _, qh, qw in taps)
+        self.off = np.array([p * self.img + qh * self.pitch + qw for p, qh, qw in taps], _C_LONG)
         # the kernels read up to two blocks past the last position they compute
-        self.rowlen = g.N * self.img + lead + self.maxoff + 3 * _NATIVE_BLOCK
+        self.rowlen = (self.n * max(self.ximg, self.img) + self.lead + int(self.off.max())
+                       + self.maxoff + 3 * _NATIVE_BLOCK)
 
     def pack(self, a, lead, dt):
-        """a (N, C, H, W) -> (C, rowlen) rows on the grid, ``lead`` zeros first."""
-        a = np.ascontiguousarray(a, dt)
-        N, C, H, W = a.shape
+        """a (n, C, h, w) C-contiguous -> (C, rowlen) rows on the grid, ``lead`` zeros first."""
+        n, C, H, W = a.shape
         buf = np.empty((C, self.rowlen), dt)
-        fn = _native_fn("gd_pack", dt)
-        _parallel(lambda nb: fn(a.ctypes.data, N, C, H, W, buf.ctypes.data, self.rowlen, lead,
-                                self.img, self.pitch, nb.start, nb.stop), _batch_split(N))
+        _native_fn("gd_pack", dt)(a.ctypes.data, n, C, H, W, buf.ctypes.data, self.rowlen, lead,
+                                  self.img, self.pitch, 0, n)
         return buf
+
+    def pack_input(self, x, dt):
+        return self.pack(x, self.lead, dt)
+
+    def conv(self, src, off, w2, bias, out, dt, ximg=None):
+        """out (n, Co, Ho, Wo) = the shifted sum of src's rows (see the C source);
+        ``ximg``: an image's stride in src (the packed input's, else the grid's)."""
+        n, Co, Ho, Wo = out.shape
+        _native_fn("gd_shift_conv", dt)(
+            src.ctypes.data, self.rowlen, w2.shape[1] // len(off), off.ctypes.data, len(off),
+            w2.ctypes.data, None if bias is None else bias.ctypes.data, Co, ximg or self.img,
+            self.pitch, Ho, Wo, 0, n, out.ctypes.data)
+
+    def weight_grad(self, X, gy, dt):
+        """(C * taps, Op) with gw[o, c, t] at [c * taps + t, o], from the packed
+        input and the output gradient (n, O, Ho, Wo) C-contiguous."""
+        g, T = self.g, self.g.kH * self.g.kW
+        L = _NATIVE_VECTOR // np.dtype(dt).itemsize
+        Op = -(-g.O // L) * L                       # a vector lane per output channel
+        Gt = np.empty((self.n * self.img, Op), dt)
+        _native_fn("gd_pack_cl", dt)(gy.ctypes.data, self.n, g.O, g.h.Lo, g.w.Lo, Gt.ctypes.data,
+                                     Op, self.img, self.pitch, 0, self.n)
+        acc = np.zeros((g.C * T, Op), dt)
+        _native_fn("gd_wgrad_cl", dt)(Gt.ctypes.data, Op, X.ctypes.data, self.rowlen, g.C,
+                                      self.off.ctypes.data, T, self.img, self.ximg,
+                                      g.h.Lo * self.pitch, 0, self.n, acc.ctypes.data)
+        return acc
+
+    def input_grad(self, gy, w, gx, dt):
+        """gx (n, C, H, W) from the output gradient: the same sum over the
+        output channels, each tap's shift reversed."""
+        g, T = self.g, self.g.kH * self.g.kW
+        Gp = self.pack(gy, self.maxoff, dt)          # the output grid at maxoff
+        wT = np.ascontiguousarray(w.reshape(g.O, g.C, T).transpose(1, 0, 2)).reshape(g.C, g.O * T)
+        self.conv(Gp, self.maxoff + self.lead - self.off, wT, None, gx, dt)
+
+
+class _PhaseGrid(_Grid):
+    """A strided convolution on its polyphase planes (see gd_pack_phase in the
+    C source): tap (kh, kw) reads plane ((kh * dh) % sh, (kw * dw) % sw) at
+    the shift ((kh * dh) // sh, (kw * dw) // sw), every plane on the output's
+    own grid of ``Hq x pitch`` cells, its padding written out; an image's
+    planes lie side by side."""
+
+    __slots__ = ("planes", "Hq", "tap_plane", "tap_shift")
+
+    def __init__(self, g, n):
+        (sh, sw), dh, dw = g.s, g.h.d, g.w.d
+        self.g, self.n = g, n
+        taps = [((kh * dh) % sh, (kw * dw) % sw, (kh * dh) // sh, (kw * dw) // sw)
+                for kh in range(g.kH) for kw in range(g.kW)]
+        self.planes = sorted({(rh, rw) for rh, rw, _, _ in taps})
+        self.tap_plane = [self.planes.index((rh, rw)) for rh, rw, _, _ in taps]
+        self.tap_shift = [(qh, qw) for _, _, qh, qw in taps]
+        self.Hq = g.h.Lo + max(qh for qh, _ in self.tap_shift)
+        self.pitch = g.w.Lo + max(qw for _, qw in self.tap_shift)
+        self.img = self.Hq * self.pitch
+        self.ximg = len(self.planes) * self.img
+        self.lead = 0
+        self._taps([(p, qh, qw) for p, (qh, qw) in zip(self.tap_plane, self.tap_shift)])
+
+    def pack_input(self, x, dt):
+        g = self.g
+        buf = np.empty((g.C, self.rowlen), dt)
+        fn = _native_fn("gd_pack_phase", dt)
+        for p, (rh, rw) in enumerate(self.planes):
+            fn(x.ctypes.data, self.n, g.C, g.H, g.W, buf.ctypes.data, self.rowlen, self.Hq,
+               self.pitch, self.ximg, p * self.img, g.s[0], g.s[1], rh - g.h.p, rw - g.w.p,
+               0, self.n)
+        return buf
+
+    def input_grad(self, gy, w, gx, dt):
+        """Per plane, the sum over its taps of the output gradient at the
+        reversed shifts, on the plane's cells; then the cells into gx."""
+        g = self.g
+        Gp = self.pack(gy, self.maxoff, dt)
+        wr = w.reshape(g.O, g.C, g.kH * g.kW)
+        cells = np.empty((self.n, g.C, self.Hq, self.pitch), dt)
+        gx[...] = 0
+        for p, (rh, rw) in enumerate(self.planes):
+            ts = [t for t, tp in enumerate(self.tap_plane) if tp == p]
+            wT = np.ascontiguousarray(wr[:, :, ts].transpose(1, 0, 2)).reshape(g.C, -1)
+            off = np.array([self.maxoff - qh * self.pitch - qw
+                            for qh, qw in (self.tap_shift[t] for t in ts)], _C_LONG)
+            self.conv(Gp, off, wT, None, cells, dt)
+            hs = _phase_cells(rh - g.h.p, g.s[0], g.H, self.Hq)
+            ws = _phase_cells(rw - g.w.p, g.s[1], g.W, self.pitch)
+            if hs and ws:
+                gx[:, :, hs[1], ws[1]] = cells[:, :, hs[0], ws[0]]
+
+
+def _phase_cells(start, step, L, cells):
+    """(cells slice, input slice) where cell i = input ``start + i * step`` lies
+    in [0, L), or None."""
+    i0 = max(0, -(start // step)) if start < 0 else 0
+    i1 = min(cells, (L - 1 - start) // step + 1) if L - 1 >= start else 0
+    if i1 <= i0:
+        return None
+    h0 = start + i0 * step
+    return slice(i0, i1), slice(h0, h0 + step * (i1 - i0 - 1) + 1, step)
+
+
+def _native_grid(g, n):
+    return _Grid(g, n) if g.s == (1, 1) else _PhaseGrid(g, n)
 
 
 def _native_conv_ok(g, dt):
-    return (g.s == (1, 1) and g.G == 1 and g.kH * g.kW > 0
-            and _native_fn("gd_shift_conv", dt) is not None)
-
-
-def _shift_conv(src, off, w2, bias, out, q, dt):
-    """out (N, Co, Ho, Wo) = the shifted sum of src's rows (see the C source)."""
-    N, Co, Ho, Wo = out.shape
-    fn = _native_fn("gd_shift_conv", dt)
-    bp = None if bias is None else bias.ctypes.data
-    Ci = w2.shape[1] // len(off)
-    _parallel(lambda nb: fn(src.ctypes.data, q.rowlen, Ci, off.ctypes.data, len(off), w2.ctypes.data,
-                            bp, Co, q.img, q.pitch, Ho, Wo, nb.start, nb.stop, out.ctypes.data),
-              _batch_split(N))
+    return g.G == 1 and g.kH * g.kW > 0 and _native_fn("gd_shift_conv", dt) is not None
 
 
 def _conv2d_forward_native(x, w, b, g, dt):
     y = np.empty((g.N, g.O, g.h.Lo, g.w.Lo), dt)
     if y.size == 0:
         return y
-    q = _Grid(g)
-    X = q.pack(x, q.lead, dt)
+    x = np.ascontiguousarray(x, dt)
     w2 = np.ascontiguousarray(w, dt).reshape(g.O, -1)
     bias = None if b is None else np.ascontiguousarray(b, dt)
-    _shift_conv(X, q.off, w2, bias, y, q, dt)
+
+    def run(nb):        # one part of the batch, on its own grid, in one hand-off
+        q = _native_grid(g, nb.stop - nb.start)
+        q.conv(q.pack_input(x[nb], dt), q.off, w2, bias, y[nb], dt, q.ximg)
+
+    _parallel(run, _batch_split(g.N))
     return y
 
 
 def _conv2d_backward_native(x, w, gy, g, dt, need_x, need_w):
     """(gx, gw) as :func:`_conv2d_backward`, on the native kernels."""
-    gx = gw = None
-    q = _Grid(g)
-    T = g.kH * g.kW
-    gy = np.ascontiguousarray(gy, dt)
+    x, gy = np.ascontiguousarray(x, dt), np.ascontiguousarray(gy, dt)
+    w = np.ascontiguousarray(w, dt)
+    gx = np.empty((g.N, g.C, g.H, g.W), dt) if need_x else None
+
+    def run(nb):
+        q = _native_grid(g, nb.stop - nb.start)
+        acc = q.weight_grad(q.pack_input(x[nb], dt), gy[nb], dt) if need_w else None
+        if need_x:
+            q.input_grad(gy[nb], w, gx[nb], dt)
+        return acc
+
+    accs = _parallel(run, _batch_split(g.N))
+    gw = None
     if need_w:
-        X = q.pack(x, q.lead, dt)
-        # the output gradient channels-last, a lane per output channel
-        L = _NATIVE_VECTOR // np.dtype(dt).itemsize
-        Op = -(-g.O // L) * L
-        Gt = np.empty((g.N * q.img, Op), dt)
-        pack = _native_fn("gd_pack_cl", dt)
-        parts = _batch_split(g.N)
-        _parallel(lambda nb: pack(gy.ctypes.data, g.N, g.O, g.h.Lo, g.w.Lo, Gt.ctypes.data, Op,
-                                  q.img, q.pitch, nb.start, nb.stop), parts)
-        fn = _native_fn("gd_wgrad_cl", dt)
-        acc = np.zeros((len(parts), g.C * T, Op), dt)
-        _parallel(lambda k: fn(Gt.ctypes.data, Op, X.ctypes.data, q.rowlen, g.C, q.off.ctypes.data,
-                               T, q.img, g.h.Lo * q.pitch, parts[k].start, parts[k].stop,
-                               acc[k].ctypes.data), range(len(parts)))
-        gwt = acc.sum(axis=0) if len(parts) > 1 else acc[0]
+        gwt = accs[0] if len(accs) == 1 else np.sum(accs, axis=0)
         gw = np.ascontiguousarray(gwt[:, :g.O].T).reshape(g.O, g.C, g.kH, g.kW)
-        del X, Gt
-    if need_x:
-        Gp = q.pack(gy, q.maxoff, dt)               # (O, rowlen): the output grid at maxoff
-        wT = np.ascontiguousarray(
-            np.asarray(w, dt).reshape(g.O, g.C, T).transpose(1, 0, 2)).reshape(g.C, g.O * T)
-        gx = np.empty((g.N, g.C, g.H, g.W), dt)
-        _shift_conv(Gp, q.goff, wT, None, gx, q, dt)
     return gx, gw
 
 
