@@ -110,10 +110,11 @@ DEF_PACK_PHASE(double, d)
 
 /* ---- the shifted sum ------------------------------------------------------
  * y[n, o, i, j] = bias[o] + sum_{c < C, t < T} w[o, c * T + t] * X[c * xs + m + off[t]]
- * for m = n * ximg + i * pitch + j, i < Ho, j < Wo; images n0..n1-1.
+ * for m = n * ximg + i * pitch + j, i < Ho, j < Wo; images n0..n1-1 of img
+ * grid positions each (rows of pitch), y (N, O, Ho, Wo).
  * X rows must be readable MV vectors past the last position read. */
 #define CONV_CASE(S, k)                                                          \
-    case k: conv_blk_##S(xn, xs, off, nt, C, wb, K, bb, k, res, p); break;
+    case k: conv_blk_##S(xb, xs, off, nt, C, wb, K, bb, k, res, m); break;
 #define DEF_CONV(T, S, V)                                                        \
 enum { L_##S = VBYTES / sizeof(T) };                                            \
 INLINE V ld_##S(const T* p) { V v; memcpy(&v, p, sizeof v); return v; }         \
@@ -150,30 +151,38 @@ INLINE void conv_blk_##S(const T* X, long xs, const long* off, int nt, int C,   
         }                                                                       \
 }                                                                               \
 API void gd_shift_conv_##S(const T* X, long xs, int C, const long* off, int nt, \
-                           const T* w, const T* bias, int O, long ximg,         \
-                           long pitch, long Ho, long Wo,                        \
-                           long n0, long n1,                                    \
-                           T* y)                                                \
+                           const T* w, const T* bias, int O, long img,          \
+                           long ximg, long pitch, long Ho, long Wo,             \
+                           long n0, long n1, T* y)                              \
 {                                                                               \
     enum { B = MV * L_##S };                                                    \
-    long K = (long)C * nt, span = Ho * pitch;                                   \
+    long K = (long)C * nt, span = Ho * pitch, rows = img / pitch, HW = Ho * Wo; \
+    /* With the images back to back in X (ximg == img) the blocks may run on  \
+     * across them (no block tail per image): where that makes fewer blocks. */ \
+    int across = ximg == img && n1 > n0                                         \
+        && ((n1 - n0 - 1) * img + span + B - 1) / B < (n1 - n0) * ((span + B - 1) / B); \
     T res[OB][B];                                                               \
     for (long n = n0; n < n1; n++) {                                            \
-        for (long p = 0; p < span; p += B) {                                    \
-            /* the output runs in positions p .. p + B - 1 */                   \
+        long g0 = n * img, g1 = g0 + span;                                      \
+        const T* xb = X + n * (ximg - img);                                     \
+        if (across) {                                                           \
+            if (n > n0) break;                                                  \
+            g1 = (n1 - 1) * img + span;                                         \
+        }                                                                       \
+        for (long m = g0; m < g1; m += B) {                                     \
+            /* the output runs in positions m .. m + B - 1 */                   \
             long run_l[B + 2], run_d[B + 2], run_n[B + 2];                      \
             int nruns = 0;                                                      \
-            long i = p / pitch, j = p - i * pitch, l = 0;                       \
-            while (l < B && i < Ho) {                                           \
-                long left = pitch - j;                                          \
-                long take = left < B - l ? left : B - l;                        \
-                if (j < Wo) {                                                   \
-                    long len = (Wo - j) < take ? (Wo - j) : take;               \
-                    run_l[nruns] = l; run_d[nruns] = i * Wo + j;                \
-                    run_n[nruns++] = len;                                       \
+            long ni = m / img, r = m - ni * img, i = r / pitch, j = r - i * pitch, l = 0; \
+            while (l < B && ni < n1) {                                          \
+                long take = pitch - j < B - l ? pitch - j : B - l;              \
+                if (i < Ho && j < Wo) {                                         \
+                    run_l[nruns] = l;                                           \
+                    run_d[nruns] = ni * O * HW + i * Wo + j;                    \
+                    run_n[nruns++] = (Wo - j) < take ? (Wo - j) : take;         \
                 }                                                               \
                 l += take; j += take;                                           \
-                if (j >= pitch) { j = 0; i++; }                                 \
+                if (j >= pitch) { j = 0; if (++i >= rows) { i = 0; ni++; } }    \
             }                                                                   \
             /* blocks of even size (16 channels: 8 + 8, not 12 + 4) */           \
             int nblk = (O + OB - 1) / OB;                                       \
@@ -182,16 +191,15 @@ API void gd_shift_conv_##S(const T* X, long xs, int C, const long* off, int nt, 
                 int o0 = bk * (O / nblk) + (bk < O % nblk ? bk : O % nblk);     \
                 const T* wb = w + o0 * K;                                       \
                 const T* bb = bias ? bias + o0 : 0;                             \
-                const T* xn = X + n * ximg;                                     \
                 switch (ob) {                                                   \
                 CONV_CASE(S, 12) CONV_CASE(S, 11) CONV_CASE(S, 10) CONV_CASE(S, 9) \
                 CONV_CASE(S, 8) CONV_CASE(S, 7) CONV_CASE(S, 6) CONV_CASE(S, 5)  \
                 CONV_CASE(S, 4) CONV_CASE(S, 3) CONV_CASE(S, 2) CONV_CASE(S, 1)  \
                 }                                                               \
                 for (int o = 0; o < ob; o++) {                                  \
-                    T* yo = y + ((n * O + o0 + o) * Ho) * Wo;                   \
-                    for (int r = 0; r < nruns; r++)                             \
-                        memcpy(yo + run_d[r], res[o] + run_l[r], sizeof(T) * run_n[r]); \
+                    T* yo = y + (o0 + o) * HW;                                  \
+                    for (int q = 0; q < nruns; q++)                             \
+                        memcpy(yo + run_d[q], res[o] + run_l[q], sizeof(T) * run_n[q]); \
                 }                                                               \
             }                                                                   \
         }                                                                       \

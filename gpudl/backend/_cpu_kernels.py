@@ -967,8 +967,8 @@ class _Grid:
         n, Co, Ho, Wo = out.shape
         _native_fn("gd_shift_conv", dt)(
             src.ctypes.data, self.rowlen, w2.shape[1] // len(off), off.ctypes.data, len(off),
-            w2.ctypes.data, None if bias is None else bias.ctypes.data, Co, ximg or self.img,
-            self.pitch, Ho, Wo, 0, n, out.ctypes.data)
+            w2.ctypes.data, None if bias is None else bias.ctypes.data, Co, self.img,
+            ximg or self.img, self.pitch, Ho, Wo, 0, n, out.ctypes.data)
 
     def weight_grad(self, X, gy, dt):
         """(C * taps, Op) with gw[o, c, t] at [c * taps + t, o], from the packed

@@ -37,7 +37,7 @@ _L, _P, _I = ctypes.c_long, ctypes.c_void_p, ctypes.c_int
 _SIGNATURES = {
     "gd_pack": (_P, _L, _L, _L, _L, _P, _L, _L, _L, _L, _L, _L),
     "gd_pack_phase": (_P, _L, _L, _L, _L, _P, _L, _L, _L, _L, _L, _L, _L, _L, _L, _L, _L),
-    "gd_shift_conv": (_P, _L, _I, _P, _I, _P, _P, _I, _L, _L, _L, _L, _L, _L, _P),
+    "gd_shift_conv": (_P, _L, _I, _P, _I, _P, _P, _I, _L, _L, _L, _L, _L, _L, _L, _P),
     "gd_wgrad_cl": (_P, _L, _P, _L, _I, _P, _I, _L, _L, _L, _L, _L, _P),
     "gd_pack_cl": (_P, _L, _L, _L, _L, _P, _L, _L, _L, _L, _L),
     "gd_bn_fwd": (_P, _L, _L, _L, _P, _P, _I, _P, _P, None, _L, _L, _P, _P, _P),
