@@ -426,25 +426,34 @@ API void gd_max_pool_##S(const T* x, long H, long W, long Ho, long Wo,          
 {                                                                               \
     for (long pl = p0; pl < p1; pl++) {                                         \
         const T* xp = x + pl * H * W;                                           \
-        T* yp = y + pl * Ho * Wo;                                               \
-        int* ap = arg + pl * Ho * Wo;                                           \
         for (long i = 0; i < Ho; i++) {                                         \
-            long h0 = i * sh - ph, h1 = h0 + kh;                                \
-            if (h0 < 0) h0 = 0;                                                 \
-            if (h1 > H) h1 = H;                                                 \
+            T* best = y + (pl * Ho + i) * Wo;                                   \
+            int* at = arg + (pl * Ho + i) * Wo;                                 \
+            long hs = i * sh - ph, h0 = hs < 0 ? 0 : hs;                        \
             for (long j = 0; j < Wo; j++) {                                     \
-                long w0 = j * sw - pw, w1 = w0 + kw;                            \
-                if (w0 < 0) w0 = 0;                                             \
-                if (w1 > W) w1 = W;                                             \
-                T best = -INFINITY;                                             \
-                long bi = h0 * W + w0;                                          \
-                for (long h = h0; h < h1; h++)                                  \
-                    for (long w = w0; w < w1; w++) {                            \
-                        T v = xp[h * W + w];                                    \
-                        if (v > best || isnan(v)) { best = v; bi = h * W + w; } \
+                long w0 = j * sw - pw;                                          \
+                best[j] = -INFINITY;                                            \
+                at[j] = (int)(h0 * W + (w0 < 0 ? 0 : w0));                      \
+            }                                                                   \
+            /* taps in row-major window order, each a branch-free pass over  \
+             * the row (vectorised): a strictly greater value or a NaN wins */ \
+            for (long a = 0; a < kh; a++) {                                     \
+                long h = hs + a;                                                \
+                if (h < 0 || h >= H) continue;                                  \
+                for (long b = 0; b < kw; b++) {                                 \
+                    long c0 = b - pw;           /* column of output j: j * sw + c0 */ \
+                    long jl = c0 >= 0 ? 0 : (-c0 + sw - 1) / sw;                \
+                    long jh = W - 1 >= c0 ? (W - 1 - c0) / sw + 1 : 0;          \
+                    if (jh > Wo) jh = Wo;                                       \
+                    const T* row = xp + h * W + c0;                             \
+                    int base = (int)(h * W + c0);                               \
+                    for (long j = jl; j < jh; j++) {                            \
+                        T v = row[j * sw];                                      \
+                        int take = (v > best[j]) | (v != v);                    \
+                        best[j] = take ? v : best[j];                           \
+                        at[j] = take ? base + (int)(j * sw) : at[j];            \
                     }                                                           \
-                yp[i * Wo + j] = best;                                          \
-                ap[i * Wo + j] = (int)bi;                                       \
+                }                                                               \
             }                                                                   \
         }                                                                       \
     }                                                                           \
