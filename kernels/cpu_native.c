@@ -208,6 +208,76 @@ API void gd_shift_conv_##S(const T* X, long xs, int C, const long* off, int nt, 
 DEF_CONV(float, f, vf)
 DEF_CONV(double, d, vd)
 
+/* ---- the weight gradient for few output channels ---------------------------
+ * gw[o, c * nt + t] += sum over outputs m of G[o * gs + m] * X[c * xs + m + off[t]]
+ * with a lane per position: for O too small to fill a vector of channels
+ * (a first layer's 6), each vector of G read once per channel and block of
+ * taps.  G is the output grid (zeros off the outputs); positions past Ho
+ * lines of an image are masked. */
+#define PGO 4        /* output channels per block */
+#define PGT 6        /* taps per block */
+#define DEF_WGRAD_POS(T, S, V)                                                   \
+INLINE void wgp_blk_##S(const T* G, long gs, const T* X, const long* off,       \
+                        int ob, int tb, long n0, long n1, long img, long ximg,  \
+                        long span, T* out, long K)                              \
+{                                                                               \
+    V acc[PGO][PGT] = {{{0}}};                                                  \
+    for (long n = n0; n < n1; n++) {                                            \
+        const T* g = G + n * img;                                               \
+        const T* x = X + n * ximg;                                              \
+        for (long p = 0; p < span; p += L_##S) {                                \
+            V gv[PGO] = {{0}};                                                  \
+            T tmp[L_##S];                                                       \
+            _Pragma("GCC unroll 4")                                             \
+            for (int o = 0; o < PGO; o++) {                                     \
+                if (o >= ob) continue;                                          \
+                if (p + L_##S <= span) gv[o] = ld_##S(g + o * gs + p);          \
+                else {                                                          \
+                    for (int l = 0; l < L_##S; l++)                             \
+                        tmp[l] = p + l < span ? g[o * gs + p + l] : (T)0;       \
+                    gv[o] = ld_##S(tmp);                                        \
+                }                                                               \
+            }                                                                   \
+            _Pragma("GCC unroll 6")                                             \
+            for (int t = 0; t < PGT; t++) {                                     \
+                if (t >= tb) continue;                                          \
+                V xv = ld_##S(x + off[t] + p);                                  \
+                _Pragma("GCC unroll 4")                                         \
+                for (int o = 0; o < PGO; o++)                                   \
+                    if (o < ob) acc[o][t] += gv[o] * xv;                        \
+            }                                                                   \
+        }                                                                       \
+    }                                                                           \
+    for (int o = 0; o < ob; o++)                                                \
+        for (int t = 0; t < tb; t++) {                                          \
+            T s = 0;                                                            \
+            for (int l = 0; l < L_##S; l++) s += acc[o][t][l];                  \
+            out[o * K + t] += s;                                                \
+        }                                                                       \
+}                                                                               \
+API void gd_wgrad_pos_##S(const T* G, long gs, int O, const T* X, long xs,      \
+                          int C, const long* off, int nt, long img, long ximg,  \
+                          long span, long n0, long n1, T* gw)                   \
+{                                                                               \
+    long K = (long)C * nt;                                                      \
+    for (int o0 = 0; o0 < O; o0 += PGO) {                                       \
+        int ob = O - o0 < PGO ? O - o0 : PGO;                                   \
+        for (int c = 0; c < C; c++)                                             \
+            for (int t0 = 0; t0 < nt; t0 += PGT) {                              \
+                int tb = nt - t0 < PGT ? nt - t0 : PGT;                         \
+                const T* g = G + o0 * gs;                                       \
+                const T* x = X + c * xs;                                        \
+                T* out = gw + o0 * K + (long)c * nt + t0;                       \
+                if (ob == PGO && tb == PGT)                                     \
+                    wgp_blk_##S(g, gs, x, off + t0, PGO, PGT, n0, n1, img, ximg, span, out, K); \
+                else                                                            \
+                    wgp_blk_##S(g, gs, x, off + t0, ob, tb, n0, n1, img, ximg, span, out, K); \
+            }                                                                   \
+    }                                                                           \
+}
+DEF_WGRAD_POS(float, f, vf)
+DEF_WGRAD_POS(double, d, vd)
+
 /* ---- the weight gradient ----------------------------------------------------
  * gw[c * nt + t, o] += sum over outputs m of gy[o at m] * X[c * xs + m + off[t]],
  * the output gradient channels-last, Gt (positions, Op):

@@ -38,6 +38,7 @@ _SIGNATURES = {
     "gd_pack": (_P, _L, _L, _L, _L, _P, _L, _L, _L, _L, _L, _L),
     "gd_pack_phase": (_P, _L, _L, _L, _L, _P, _L, _L, _L, _L, _L, _L, _L, _L, _L, _L, _L),
     "gd_shift_conv": (_P, _L, _I, _P, _I, _P, _P, _I, _L, _L, _L, _L, _L, _L, _L, _P),
+    "gd_wgrad_pos": (_P, _L, _I, _P, _L, _I, _P, _I, _L, _L, _L, _L, _L, _P),
     "gd_wgrad_cl": (_P, _L, _P, _L, _I, _P, _I, _L, _L, _L, _L, _L, _P),
     "gd_pack_cl": (_P, _L, _L, _L, _L, _P, _L, _L, _L, _L, _L),
     "gd_bn_fwd": (_P, _L, _L, _L, _P, _P, _I, _P, _P, None, _L, _L, _P, _P, _P),
