@@ -29,8 +29,9 @@ test-fast: $(STAMP)
 # and threads in reverse order: an out-of-bounds access in any .cu file, or a result
 # that depends on the order threads run in (a missing __syncthreads), fails here.
 # -DGD_INDEX64 builds them with 64-bit loop indices only: the path huge tensors take.
+# The CPU's native kernels (kernels/cpu_native.c) are built with ASan in this run too.
 test-asan: $(STAMP)
-	GPUDL_EMU_ORDER=reverse GPUDL_EMU_CXXFLAGS=-DGD_INDEX64 $(BIN)/python -m gpudl.testing.asan_run tests/test_kernels_emulated.py tests/test_lstm_kernel.py tests/test_batchnorm_kernel.py tests/test_optim_kernel.py
+	GPUDL_EMU_ORDER=reverse GPUDL_EMU_CXXFLAGS=-DGD_INDEX64 $(BIN)/python -m gpudl.testing.asan_run tests/test_kernels_emulated.py tests/test_lstm_kernel.py tests/test_batchnorm_kernel.py tests/test_optim_kernel.py tests/test_native.py tests/test_cpu_kernels.py
 
 bench: $(STAMP)
 	$(BIN)/python -m gpudl.bench all

@@ -1,4 +1,4 @@
-/* gpudl's native CPU kernels: stride-1 convolution and max pooling.
+/* gpudl's native CPU kernels: convolution, max pooling, batch norm, ReLU.
  *
  * Built at first use by gpudl/backend/_native.py with the system C compiler
  * (-O3 -march=native), loaded with ctypes, called from the CPU backend's

@@ -1,13 +1,15 @@
 """Kernel-level ops for the CPU backend, in vectorised NumPy and native C.
 
-Stride-1, ungrouped convolutions and max pooling run in the native kernels
-of ``kernels/cpu_native.c`` (see :mod:`._native` and the C source: each
-output channel a sum of shifted rows of a zero-padded grid, held in vector
-registers, with no columns built) whenever that library could be built for
-this machine.  Everything below is the NumPy path, which does all the rest
-(strided and grouped convolutions, average pooling, softmax) and all of it
-where no C compiler answers; the tests run both paths against the same
-references.
+Ungrouped convolutions, max pooling, ReLU (and, in :mod:`._cpu_norm`, batch
+norm) run in the native kernels of ``kernels/cpu_native.c`` (see
+:mod:`._native` and the C source: each output channel a sum of shifted rows
+of a zero-padded grid, held in vector registers, with no columns built; a
+strided convolution reads one polyphase plane per tap) whenever that library
+could be built for this machine.  Each thread packs and computes its own part
+of the batch.  Everything below is the NumPy path, which does all the rest
+(grouped convolutions, average pooling, softmax, max pooling with tiling
+windows on short rows) and all of it where no C compiler answers; the tests
+run both paths against the same references.
 
 These are the functions :mod:`gpudl.backend.numpy_backend` exports under the
 backend contract (see :mod:`gpudl.backend`).  They take and return
