@@ -136,7 +136,7 @@ def test_threaded_native_conv_splits_the_batch_exactly(N, monkeypatch):
     one = K.conv2d_forward(x, w, None, (1, 1), (1, 1), (1, 1), 1)
     g1 = K.conv2d_backward(x, w, gy, (1, 1), (1, 1), (1, 1), 1)
     monkeypatch.setattr(K, "_NCPU", 3)
-    monkeypatch.setattr(K, "_NATIVE_SERIAL_FLOPS", 0)
+    monkeypatch.setattr(K, "_SERIAL_FLOPS", 0)
     calls = []
     real = K._batch_split
     monkeypatch.setattr(K, "_batch_split", lambda n: calls.append(real(n)) or calls[-1])

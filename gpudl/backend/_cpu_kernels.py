@@ -205,6 +205,7 @@ def _cpu_count():
 
 _NCPU = _cpu_count()
 _SERIAL_FLOPS = 1e8             # convs smaller than this run on the caller alone
+                                # (LeNet's 6->16 conv: a 6.5 ms step, not 7.8, native)
 _local = threading.local()
 
 
@@ -905,7 +906,6 @@ def matmul(a, b, out=None):
 
 _NATIVE_CODE = {np.dtype(np.float32): "f", np.dtype(np.float64): "d"}
 _C_LONG = np.dtype("i%d" % ctypes.sizeof(ctypes.c_long))
-_NATIVE_SERIAL_FLOPS = 2e7      # native convs smaller than this stay on the caller
 _NATIVE_BLOCK = 32              # positions per kernel block (elements; 2 vectors)
 _NATIVE_VECTOR = 64             # bytes per vector (VBYTES in the C source)
 
@@ -1147,7 +1147,7 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     dt = _float_dtype(x, w)
     g = _geom(x.shape, w.shape, stride, padding, dilation, groups, dt)
     if _native_conv_ok(g, dt):
-        with _serial(_conv_flops(g) < _NATIVE_SERIAL_FLOPS):
+        with _serial(_conv_flops(g) < _SERIAL_FLOPS):
             return _conv2d_forward_native(x, w, b, g, dt)
     small = _conv_flops(g) < _SERIAL_FLOPS
     with _serial(small), _hold_blas(not small):
@@ -1189,7 +1189,7 @@ def conv2d_backward(x, w, gy, stride, padding, dilation, groups,
     dt = _float_dtype(x, w, gy)
     g = _geom(x.shape, w.shape, stride, padding, dilation, groups, dt)
     native = _native_conv_ok(g, dt)
-    small = _conv_flops(g) < (_NATIVE_SERIAL_FLOPS if native else _SERIAL_FLOPS)
+    small = _conv_flops(g) < _SERIAL_FLOPS
     gb = gy.sum(axis=(0, 2, 3), dtype=dt) if need_b else None
     if not (need_x or need_w):
         return None, None, gb
