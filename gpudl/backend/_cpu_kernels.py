@@ -362,7 +362,17 @@ def _parallel(fn, items, mark=True):
         with np.errstate(**err):
             return fn(i)
 
-    return list(_get_pool().map(run, items))
+    # The first item runs here while the pool runs the rest: one hand-off
+    # fewer (~45 us for two items through the pool alone), and the caller's
+    # core works instead of waiting.  Every task is waited for before an
+    # error leaves, so no kernel still writes into arrays being freed.
+    futures = [_get_pool().submit(run, i) for i in items[1:]]
+    try:
+        first = fn(items[0])
+    finally:
+        for f in futures:
+            f.exception()          # waits; an error comes out of result() below
+    return [first] + [f.result() for f in futures]
 
 
 def _run_tasks(fn, tasks):
