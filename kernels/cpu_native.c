@@ -463,6 +463,7 @@ API void gd_bn_bwd_##S(const T* g, const T* xhat, long N, long C, long L,       
             const T* gp = g + (n * C + c) * L;                                  \
             const T* hp = xhat + (n * C + c) * L;                                   \
             T* op = gx + (n * C + c) * L;                                       \
+            if (!batch) { for (long l = 0; l < L; l++) op[l] = gp[l] * a; continue; } \
             for (long l = 0; l < L; l++) op[l] = gp[l] * a - hp[l] * k1 - k2;   \
         }                                                                       \
     }                                                                           \

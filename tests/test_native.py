@@ -68,6 +68,8 @@ def test_built_once_then_read_from_the_cache(fresh, monkeypatch):
     monkeypatch.setattr(_native, "_build", lambda *a: builds.append(a) or real(*a))
     assert _native.lib() is not None
     assert len(builds) == 1 and len(list(fresh.glob("*.so"))) == 1
+    mode = next(fresh.glob("*.so")).stat().st_mode
+    assert mode & 0o055 == 0o055, oct(mode)        # others sharing the cache can load it
     monkeypatch.setattr(_native, "_state", {"lib": None, "tried": False, "why": ""})
     assert _native.lib() is not None
     assert len(builds) == 1                        # the second process-like load built nothing
@@ -173,7 +175,7 @@ def test_max_pool_agrees_with_the_numpy_path(seed, monkeypatch):
 
 
 @needs_native
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", range(16))
 def test_batch_norm_agrees_with_the_numpy_path(seed, monkeypatch):
     from gpudl.backend import _cpu_norm as B
     r = np.random.default_rng(200 + seed)
@@ -188,11 +190,15 @@ def test_batch_norm_agrees_with_the_numpy_path(seed, monkeypatch):
     batch = seed % 5 != 3
     rm, rv = r.standard_normal(C).astype(dt), r.random(C).astype(dt) + 0.5
 
+    if seed % 4 == 3:
+        x.flat[[1, 7]] = [np.inf, np.nan]                  # non-finite inputs: as the NumPy path
+
     def forward():
         m, v = rm.copy(), rv.copy()
         return B.batch_norm_forward(x, w, b, m, v, 1e-5, 0.1, batch) + (m, v)
 
     got, ref = _both(lambda: forward(), monkeypatch)
+    assert B._native_ok("gd_bn_fwd", x) is not None       # (the native run was native)
     tol = dict(rtol=1e-12, atol=1e-12) if dt == np.float64 else dict(rtol=1e-5, atol=1e-5)
     for a, e in zip(got, ref):
         np.testing.assert_allclose(a, e, **tol)
@@ -241,3 +247,23 @@ def test_relu_agrees_with_the_numpy_path(n, dt, monkeypatch):
     h = x.copy()
     assert nb.relu(h, out=h) is h                                # in place, as the RNN uses it
     np.testing.assert_array_equal(h, y_ref)
+
+
+@needs_native
+def test_batch_norm_eval_passes_the_gradient_at_an_inf_input():
+    """With the running statistics, gx = g * weight * invstd, whatever x is
+    (the batch terms are not there to make inf * 0 = NaN), as in PyTorch."""
+    import gpudl
+    bn = gpudl.nn.BatchNorm2d(2).eval()
+    x = gpudl.tensor(np.array([[[[np.inf, 1.0]], [[2.0, np.nan]]]], np.float32), requires_grad=True)
+    bn(x).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), np.full((1, 2, 1, 2), 1 / np.sqrt(1 + 1e-5)), rtol=1e-6)
+
+
+@needs_native
+def test_relu_into_an_overlapping_out_reads_before_it_writes():
+    from gpudl.backend import numpy_backend as nb
+    buf = np.arange(-4.0, 12.0, dtype=np.float32)
+    a, out = buf[:12], buf[2:14]
+    expected = np.maximum(a, 0)
+    np.testing.assert_array_equal(nb.relu(a, out=out), expected)

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from ._cpu_kernels import _native_fn, _parallel, _threads
+from . import _cpu_kernels as _ck
 from ._shared import move_running_stats
 
 _SPLIT_MIN = 1 << 18            # elements: below this one thread does all channels
@@ -22,11 +22,11 @@ _SPLIT_MIN = 1 << 18            # elements: below this one thread does all chann
 
 def _native_ok(name, a):
     """The native kernel for a (N, C, ...) array of 3+ dims, else None."""
-    return _native_fn(name, a.dtype) if a.ndim >= 3 and a.size else None
+    return _ck._native_fn(name, a.dtype) if a.ndim >= 3 and a.size else None
 
 
 def _channel_ranges(C, size):
-    k = min(_threads(), C) if size >= _SPLIT_MIN else 1
+    k = min(_ck._threads(), C) if size >= _SPLIT_MIN else 1
     return [(C * i // k, C * (i + 1) // k) for i in range(k)]
 
 
@@ -55,6 +55,7 @@ def _channel_dot(a, b):
     return np.einsum("ij,ij->i", a.reshape(n * c, -1), b.reshape(n * c, -1)).reshape(n, c).sum(axis=0)
 
 
+@_ck._quiet
 def batch_norm_forward(x, weight, bias, running_mean, running_var, eps, momentum, use_batch_stats):
     fn = _native_ok("gd_bn_fwd", x)
     if fn is not None:
@@ -93,7 +94,7 @@ def _forward_native(fn, x, weight, bias, running_mean, running_var, eps, momentu
     w, wp = _opt(weight, dt)
     b, bp = _opt(bias, dt)
     y, xhat, invstd = np.empty_like(x), np.empty_like(x), np.empty(C, dt)
-    _parallel(lambda r: fn(x.ctypes.data, N, C, L, wp, bp, 0 if batch else 1, mean.ctypes.data,
+    _ck._parallel(lambda r: fn(x.ctypes.data, N, C, L, wp, bp, 0 if batch else 1, mean.ctypes.data,
                            var.ctypes.data, eps, r[0], r[1], y.ctypes.data, xhat.ctypes.data,
                            invstd.ctypes.data), _channel_ranges(C, x.size))
     if batch and running_mean is not None:
@@ -110,12 +111,13 @@ def _backward_native(fn, g, xhat, invstd, weight, batch, need_x, need_w, need_b)
     w, wp = _opt(weight, dt)
     gx = np.empty_like(g) if need_x else None
     sg, sgx = np.empty(C, dt), np.empty(C, dt)
-    _parallel(lambda r: fn(g.ctypes.data, xhat.ctypes.data, N, C, L, inv.ctypes.data, wp,
+    _ck._parallel(lambda r: fn(g.ctypes.data, xhat.ctypes.data, N, C, L, inv.ctypes.data, wp,
                            1 if batch else 0, r[0], r[1], None if gx is None else gx.ctypes.data,
                            sg.ctypes.data, sgx.ctypes.data), _channel_ranges(C, g.size))
     return gx, (sgx if need_w else None), (sg if need_b else None)
 
 
+@_ck._quiet
 def batch_norm_backward(g, xhat, invstd, weight, use_batch_stats, need=(True, True, True)):
     need_x, need_w, need_b = (bool(v) for v in need)
     fn = _native_ok("gd_bn_bwd", xhat)

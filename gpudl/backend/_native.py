@@ -92,6 +92,7 @@ def _build(cc, flags, src, so):
                            timeout=300)
         if r.returncode != 0:
             return (r.stderr or r.stdout).strip().splitlines()[-1:] or ["failed"]
+        os.chmod(tmp, 0o755)      # as cc -o makes it (mkstemp: 0600), for others sharing the cache
         os.replace(tmp, so)
         return None
     finally:

@@ -44,7 +44,8 @@ def relu(a, out=None):
     if a.dtype.kind != "f":
         return numpy.maximum(a, 0, out=out)
     y = numpy.empty_like(a, order="C") if out is None else out
-    if native_elementwise("gd_relu", y, a):
+    # (an out that overlaps a without being a would be read after it is written)
+    if (y is a or out is None or not numpy.may_share_memory(y, a)) and native_elementwise("gd_relu", y, a):
         return y
     z = _zeros.get(a.dtype)
     if z is None or z.size < a.size:
