@@ -916,7 +916,7 @@ def matmul(a, b, out=None):
 
 _NATIVE_CODE = {np.dtype(np.float32): "f", np.dtype(np.float64): "d"}
 _C_LONG = np.dtype("i%d" % ctypes.sizeof(ctypes.c_long))
-_NATIVE_BLOCK = 32              # positions per kernel block (elements; 2 vectors)
+_NATIVE_BLOCK = 48              # positions per kernel block (MV vectors of floats in the C source)
 _NATIVE_VECTOR = 64             # bytes per vector (VBYTES in the C source)
 
 
