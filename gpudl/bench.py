@@ -282,6 +282,9 @@ def _add_bandwidth(results, cases, ceiling):
 def _report(kind, args, results, torch, meta, what):
     """Print (or dump as JSON) one subcommand's results with the peer's version."""
     meta = {"device": args.device, **meta, "repeat": args.repeat}
+    if str(args.device).startswith("cpu"):
+        from .backend import _native     # which CPU path ran (GPUDL_NATIVE=0 times the NumPy one)
+        meta["native"] = "on" if _native.lib() is not None else "off"
     if torch is not None:
         meta["torch"] = torch.__version__
         meta["torch_threads"] = torch.get_num_threads()
