@@ -267,3 +267,33 @@ def test_relu_into_an_overlapping_out_reads_before_it_writes():
     a, out = buf[:12], buf[2:14]
     expected = np.maximum(a, 0)
     np.testing.assert_array_equal(nb.relu(a, out=out), expected)
+
+
+def test_a_split_runs_its_first_task_here_and_nests_nothing(monkeypatch):
+    """_parallel runs the first item on the calling thread and the rest on the
+    pool; a split inside any task (here or on the pool) runs serially, as it
+    did when every task ran on the pool."""
+    import threading
+    monkeypatch.setattr(K, "_NCPU", 2)
+    seen = []
+
+    def task(i):
+        inner = K._parallel(lambda j: threading.current_thread().name, range(3))
+        seen.append((i, threading.current_thread().name, inner))
+        return i
+
+    assert K._parallel(task, range(3)) == [0, 1, 2]
+    by = {i: (name, inner) for i, name, inner in seen}
+    me = threading.current_thread().name
+    assert by[0][0] == me and all(by[i][0].startswith("gpudl-cpu") for i in (1, 2))
+    for name, inner in by.values():
+        assert inner == [name] * 3                  # nested: all on the task's own thread
+    assert K._parallel(lambda j: threading.current_thread().name, range(2))[0] == me
+
+    def boom(i):
+        if i == 0:
+            raise ValueError("first")
+        return i
+    with pytest.raises(ValueError, match="first"):
+        K._parallel(boom, range(2))
+    assert not getattr(K._local, "in_task", False)  # reset after an error

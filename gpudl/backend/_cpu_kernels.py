@@ -352,8 +352,9 @@ def _parallel(fn, items, mark=True):
     ``mark``: count this as the pool being busy (see matmul)."""
     global _pool_used_at
     items = list(items)
-    if _threads() <= 1 or len(items) <= 1 or threading.current_thread().name.startswith("gpudl-cpu"):
-        return [fn(i) for i in items]
+    if (_threads() <= 1 or len(items) <= 1 or getattr(_local, "in_task", False)
+            or threading.current_thread().name.startswith("gpudl-cpu")):
+        return [fn(i) for i in items]       # (inside a task: no nested split)
     if mark:
         _pool_used_at = time.monotonic()
     err = np.geterr()              # the caller's errstate, for each task
@@ -367,9 +368,11 @@ def _parallel(fn, items, mark=True):
     # core works instead of waiting.  Every task is waited for before an
     # error leaves, so no kernel still writes into arrays being freed.
     futures = [_get_pool().submit(run, i) for i in items[1:]]
+    _local.in_task = True
     try:
         first = fn(items[0])
     finally:
+        _local.in_task = False
         for f in futures:
             f.exception()          # waits; an error comes out of result() below
     return [first] + [f.result() for f in futures]
