@@ -3,10 +3,11 @@
 The twins of the ``batch_norm_*`` kernels in ``kernels/batchnorm.cu``; the
 contract is in :mod:`gpudl.backend`.  Inputs of 3+ dims in float32/64 run in
 ``kernels/cpu_native.c`` where it could be built (one pass over a channel's
-rows for each sum while they sit in the cache, channels over the threads);
-the rest, and everything where no C compiler answers, runs in NumPy.  Per-channel sums run as contiguous row
-sums of the (N * C, L) view, and the per-channel dot products as one
-``einsum`` over rows, so no full-size temporary is made for them.
+rows for each sum while they sit in the cache, channels over the threads).
+The rest, and everything where no C compiler answers, runs in NumPy:
+per-channel sums as contiguous row sums of the (N * C, L) view, and the
+per-channel dot products as one ``einsum`` over rows, so no full-size
+temporary is made for them.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def _channel_ranges(C, size):
 
 
 def _opt(a, dt):
-    """A C-contiguous copy in dt (or a itself), and its address (0 for None)."""
+    """(a as C-contiguous dt, its address), or (None, None) for None."""
     if a is None:
         return None, None
     a = np.ascontiguousarray(a, dt)

@@ -44,15 +44,17 @@ def relu(a, out=None):
     if a.dtype.kind != "f":
         return numpy.maximum(a, 0, out=out)
     y = numpy.empty_like(a, order="C") if out is None else out
-    # (an out that overlaps a without being a would be read after it is written)
-    if (y is a or out is None or not numpy.may_share_memory(y, a)) and native_elementwise("gd_relu", y, a):
+    # in C, where out is a itself or apart from it (an overlap would be read
+    # after it is written)
+    apart = out is None or y is a or not numpy.may_share_memory(y, a)
+    if apart and native_elementwise("gd_relu", y, a):
         return y
     z = _zeros.get(a.dtype)
     if z is None or z.size < a.size:
         z = numpy.zeros(max(a.size, 1 << 16), a.dtype)
         z.flags.writeable = False
         _zeros[a.dtype] = z
-    return numpy.maximum(a, z[:a.size].reshape(a.shape), out=out)
+    return numpy.maximum(a, z[:a.size].reshape(a.shape), out=y)
 
 
 @quiet
@@ -63,7 +65,7 @@ def relu_backward(g, y):
     if native_elementwise("gd_relu_back", gx, g, y):
         return gx
     on = y != 0
-    gx = numpy.multiply(g, on)          # (numpy.where is 10x slower here)
+    numpy.multiply(g, on, out=gx)       # (numpy.where is 10x slower here)
     if gx.size and numpy.isnan(numpy.add.reduce(gx, axis=None)):
         gx[~on] = 0                     # a NaN or inf g where the ReLU is off: 0, not NaN
     return gx
