@@ -2,9 +2,10 @@
  *
  * Built at first use by gpudl/backend/_native.py with the system C compiler
  * (-O3 -march=native), loaded with ctypes, called from the CPU backend's
- * thread pool (ctypes releases the GIL); every function works on a range of
- * images so that the threads split the batch.  Where no compiler answers,
- * the backend keeps its NumPy path, which the tests compare with this one.
+ * thread pool (ctypes releases the GIL); every function works on a range (of
+ * images, planes, channels or elements) so that the threads split the work.
+ * Where no compiler answers, the backend keeps its NumPy path, which the
+ * tests compare with this one.
  *
  * Convolution on a shared-padding grid.  Each channel of the input is one
  * flat row: image n's pixel (h, w) sits at lead + n * img + h * pitch + w,
@@ -17,7 +18,9 @@
  * only the positions that are outputs.  The input gradient is the same sum
  * over the output gradient packed on the same grid (transposed weights,
  * reversed shifts).  The weight gradient reads the output gradient
- * channels-last, a vector lane per output channel.
+ * channels-last, a vector lane per output channel (or, for a few output
+ * channels, a lane per position).  A strided convolution reads one
+ * polyphase plane of the input per tap (gd_pack_phase).
  *
  * GCC/Clang vector extensions, not intrinsics: the compiler lowers a
  * 64-byte vector to AVX-512, AVX2 pairs, NEON quads, whatever the machine
