@@ -914,8 +914,9 @@ def matmul(a, b, out=None):
 
 
 # ---------------------------------------------------------------------------
-# native kernels (kernels/cpu_native.c, see _native): stride-1 convolution
-# and max pooling, where the library could be built
+# native kernels (kernels/cpu_native.c, see _native): convolution, max
+# pooling and elementwise ReLU here, batch norm in _cpu_norm, where the
+# library could be built
 
 _NATIVE_CODE = {np.dtype(np.float32): "f", np.dtype(np.float64): "d"}
 _C_LONG = np.dtype("i%d" % ctypes.sizeof(ctypes.c_long))
@@ -924,12 +925,14 @@ _NATIVE_VECTOR = 64             # bytes per vector (VBYTES in the C source)
 
 
 def _native_fn(name, dt):
+    """The native kernel ``name`` for dtype dt, or None (no library, or a dtype
+    it has no twin for): the one switch between the C and NumPy paths."""
     lib = _native.lib()
     code = _NATIVE_CODE.get(np.dtype(dt))
     return None if lib is None or code is None else getattr(lib, name + "_" + code)
 
 
-_NATIVE_POOL_MIN_WO = 16         # output rows at least this long: native max pool (tiling windows)
+_NATIVE_POOL_MIN_WO = 16        # output rows at least this long: native max pool (tiling windows)
 _ELEMENTWISE_SPLIT_MIN = 1 << 18  # elements: below this an elementwise kernel runs on the caller
 
 
