@@ -518,9 +518,11 @@ def _tap_xty(jobs):
             done.add(id(out))
 
 
-def _batch_split(N):
-    """Slices of the batch for parallel copies."""
-    if _threads() <= 1 or N < 2:
+def _batch_split(N, size=0, min_size=0):
+    """Slices of range(N) (a batch, channels, elements), one per thread; one
+    slice only on one thread, or when ``size`` (the elements the work
+    touches) is below ``min_size``."""
+    if _threads() <= 1 or N < 2 or size < min_size:
         return [slice(0, N)]
     k = min(_threads(), N)
     bounds = [N * i // k for i in range(k + 1)]
@@ -944,10 +946,9 @@ def native_elementwise(name, out, *ins):
     if fn is None or not out.flags.c_contiguous or any(
             a.dtype != out.dtype or a.shape != out.shape or not a.flags.c_contiguous for a in ins):
         return False
-    n = out.size
-    k = _threads() if n >= _ELEMENTWISE_SPLIT_MIN else 1
     ptrs = [a.ctypes.data for a in ins] + [out.ctypes.data]
-    _parallel(lambda i: fn(*ptrs, n * i // k, n * (i + 1) // k), range(k))
+    _parallel(lambda r: fn(*ptrs, r.start, r.stop),
+              _batch_split(out.size, out.size, _ELEMENTWISE_SPLIT_MIN))
     return True
 
 
@@ -1004,20 +1005,31 @@ class _Grid:
             w2.ctypes.data, None if bias is None else bias.ctypes.data, Co, self.img,
             ximg or self.img, self.pitch, Ho, Wo, 0, n, out.ctypes.data)
 
-    def weight_grad(self, X, gy, dt):
+    def few_outputs(self, dt):
+        """Too few output channels to fill a vector: the weight gradient takes
+        a lane per position and reads the output gradient on the grid."""
+        return 2 * self.g.O * np.dtype(dt).itemsize <= _NATIVE_VECTOR
+
+    def pack_output_grad(self, gy, dt):
+        """gy (n, O, Ho, Wo) C-contiguous on the grid, ``maxoff`` zeros first."""
+        return self.pack(gy, self.maxoff, dt)
+
+    def weight_grad(self, X, gy, dt, Gp=None):
         """(C * taps, >= O) with gw[o, c, t] at [c * taps + t, o], from the packed
-        input and the output gradient (n, O, Ho, Wo) C-contiguous."""
+        input and the output gradient (n, O, Ho, Wo) C-contiguous (``Gp``: it
+        packed already, see pack_output_grad)."""
         g, T = self.g, self.g.kH * self.g.kW
-        L = _NATIVE_VECTOR // np.dtype(dt).itemsize
-        if 2 * g.O <= L:
-            # too few output channels to fill a vector: a lane per position
-            Gp = self.pack(gy, 0, dt)
+        if self.few_outputs(dt):
+            if Gp is None:
+                Gp = self.pack_output_grad(gy, dt)
             gw = np.zeros((g.O, g.C * T), dt)
-            _native_fn("gd_wgrad_pos", dt)(Gp.ctypes.data, self.rowlen, g.O, X.ctypes.data,
+            gptr = Gp.ctypes.data + self.maxoff * Gp.itemsize
+            _native_fn("gd_wgrad_pos", dt)(gptr, self.rowlen, g.O, X.ctypes.data,
                                            self.rowlen, g.C, self.off.ctypes.data, T, self.img,
                                            self.ximg, g.h.Lo * self.pitch, 0, self.n,
                                            gw.ctypes.data)
             return gw.T
+        L = _NATIVE_VECTOR // np.dtype(dt).itemsize
         Op = -(-g.O // L) * L                       # a vector lane per output channel
         Gt = np.empty((self.n * self.img, Op), dt)
         _native_fn("gd_pack_cl", dt)(gy.ctypes.data, self.n, g.O, g.h.Lo, g.w.Lo, Gt.ctypes.data,
@@ -1028,11 +1040,10 @@ class _Grid:
                                       g.h.Lo * self.pitch, 0, self.n, acc.ctypes.data)
         return acc
 
-    def input_grad(self, gy, w, gx, dt):
-        """gx (n, C, H, W) from the output gradient: the same sum over the
-        output channels, each tap's shift reversed."""
+    def input_grad(self, Gp, w, gx, dt):
+        """gx (n, C, H, W) from the packed output gradient (pack_output_grad):
+        the same sum over the output channels, each tap's shift reversed."""
         g, T = self.g, self.g.kH * self.g.kW
-        Gp = self.pack(gy, self.maxoff, dt)          # the output grid at maxoff
         wT = np.ascontiguousarray(w.reshape(g.O, g.C, T).transpose(1, 0, 2)).reshape(g.C, g.O * T)
         self.conv(Gp, self.maxoff + self.lead - self.off, wT, None, gx, dt)
 
@@ -1071,11 +1082,10 @@ class _PhaseGrid(_Grid):
                0, self.n)
         return buf
 
-    def input_grad(self, gy, w, gx, dt):
+    def input_grad(self, Gp, w, gx, dt):
         """Per plane, the sum over its taps of the output gradient at the
         reversed shifts, on the plane's cells; then the cells into gx."""
         g = self.g
-        Gp = self.pack(gy, self.maxoff, dt)
         wr = w.reshape(g.O, g.C, g.kH * g.kW)
         cells = np.empty((self.n, g.C, self.Hq, self.pitch), dt)
         gx[...] = 0
@@ -1136,9 +1146,10 @@ def _conv2d_backward_native(x, w, gy, g, dt, need_x, need_w):
 
     def run(nb):
         q = _native_grid(g, nb.stop - nb.start)
-        acc = q.weight_grad(q.pack_input(x[nb], dt), gy[nb], dt) if need_w else None
+        Gp = q.pack_output_grad(gy[nb], dt) if need_x else None
+        acc = q.weight_grad(q.pack_input(x[nb], dt), gy[nb], dt, Gp) if need_w else None
         if need_x:
-            q.input_grad(gy[nb], w, gx[nb], dt)
+            q.input_grad(Gp, w, gx[nb], dt)
         return acc
 
     accs = _parallel(run, _batch_split(g.N))
@@ -1383,7 +1394,7 @@ def _tap_views(x, kernel, stride, padding, Ho, Wo, fill):
 
 def _pool_split(N, size):
     """Batch slices to spread a pooling op over the threads (big inputs)."""
-    return _batch_split(N) if size >= _POOL_SPLIT_MIN else [slice(0, N)]
+    return _batch_split(N, size, _POOL_SPLIT_MIN)
 
 
 def _pool_setup(x_shape, kernel, stride, padding):
@@ -1473,9 +1484,6 @@ def max_pool2d_backward(gy, argmax, x_shape, kernel, stride, padding):
     """Scatter ``gy`` to the argmax positions; overlapping windows add up."""
     kernel, stride, padding, N, C, H, W, Ho, Wo = _pool_setup(x_shape, kernel, stride, padding)
     dt = gy.dtype if gy.dtype.kind == "f" else np.dtype(np.float64)
-    # The tiling path multiplies by a 0/1 mask: a non-finite gradient would reach
-    # the whole window (0 * inf = NaN), so it takes the scatter, which gives it
-    # to the argmax alone.  (One pass over gy, on the tiling layout only.)
     fn = _native_fn("gd_max_pool_back", dt)
     if fn is not None:
         # a scatter-add per plane in C: overlapping windows add up, in order
@@ -1484,6 +1492,9 @@ def max_pool2d_backward(gy, argmax, x_shape, kernel, stride, padding):
         _parallel(lambda r: fn(g.ctypes.data, am.ctypes.data, H * W, Ho * Wo, r.start, r.stop,
                                gx.ctypes.data), _pool_split(N * C, gx.size))
         return gx
+    # The tiling path multiplies by a 0/1 mask: a non-finite gradient would reach
+    # the whole window (0 * inf = NaN), so it takes the scatter, which gives it
+    # to the argmax alone.  (One pass over gy, on the tiling layout only.)
     tiles = _tiles(H, W, Ho, Wo, kernel, stride, padding)
     if not tiles or (gy.size and not np.isfinite(np.add.reduce(gy, axis=None))):
         # Any other window layout: one scatter-add over flat indices

@@ -26,11 +26,6 @@ def _native_ok(name, a):
     return _ck._native_fn(name, a.dtype) if a.ndim >= 3 and a.size else None
 
 
-def _channel_ranges(C, size):
-    k = min(_ck._threads(), C) if size >= _SPLIT_MIN else 1
-    return [(C * i // k, C * (i + 1) // k) for i in range(k)]
-
-
 def _opt(a, dt):
     """(a as C-contiguous dt, its address), or (None, None) for None."""
     if a is None:
@@ -96,8 +91,9 @@ def _forward_native(fn, x, weight, bias, running_mean, running_var, eps, momentu
     b, bp = _opt(bias, dt)
     y, xhat, invstd = np.empty_like(x), np.empty_like(x), np.empty(C, dt)
     _ck._parallel(lambda r: fn(x.ctypes.data, N, C, L, wp, bp, 0 if batch else 1, mean.ctypes.data,
-                           var.ctypes.data, eps, r[0], r[1], y.ctypes.data, xhat.ctypes.data,
-                           invstd.ctypes.data), _channel_ranges(C, x.size))
+                               var.ctypes.data, eps, r.start, r.stop, y.ctypes.data,
+                               xhat.ctypes.data, invstd.ctypes.data),
+                  _ck._batch_split(C, x.size, _SPLIT_MIN))
     if batch and running_mean is not None:
         move_running_stats(running_mean, running_var, mean, var, N * L, momentum)
     return y, xhat, invstd
@@ -113,8 +109,9 @@ def _backward_native(fn, g, xhat, invstd, weight, batch, need_x, need_w, need_b)
     gx = np.empty_like(g) if need_x else None
     sg, sgx = np.empty(C, dt), np.empty(C, dt)
     _ck._parallel(lambda r: fn(g.ctypes.data, xhat.ctypes.data, N, C, L, inv.ctypes.data, wp,
-                           1 if batch else 0, r[0], r[1], None if gx is None else gx.ctypes.data,
-                           sg.ctypes.data, sgx.ctypes.data), _channel_ranges(C, g.size))
+                               1 if batch else 0, r.start, r.stop,
+                               None if gx is None else gx.ctypes.data, sg.ctypes.data,
+                               sgx.ctypes.data), _ck._batch_split(C, g.size, _SPLIT_MIN))
     return gx, (sgx if need_w else None), (sg if need_b else None)
 
 

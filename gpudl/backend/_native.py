@@ -24,7 +24,7 @@ import subprocess
 import tempfile
 import threading
 
-from ._shared import cache_home
+from ._shared import cache_dir
 
 __all__ = ["lib", "status", "SOURCE"]
 
@@ -78,12 +78,6 @@ def _cpu_id():
     return "".join(parts)
 
 
-def _cache_dir():
-    d = os.environ.get("GPUDL_NATIVE_CACHE") or os.path.join(cache_home(), "gpudl", "native")
-    os.makedirs(d, exist_ok=True)
-    return d
-
-
 def _build(cc, flags, src, so):
     fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=os.path.dirname(so))
     os.close(fd)
@@ -110,7 +104,7 @@ def _load():
         src = _source_path()
         with open(src, "rb") as f:
             text = f.read()
-        cache = _cache_dir()
+        cache = cache_dir("GPUDL_NATIVE_CACHE", "native")
     except OSError as e:
         return None, f"{type(e).__name__}: {e}"
     extra = tuple(shlex.split(os.environ.get("GPUDL_NATIVE_CFLAGS", "")))

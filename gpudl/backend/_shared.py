@@ -23,3 +23,11 @@ def cache_home():
     path (the XDG spec ignores relative ones), else ``~/.cache``."""
     xdg = os.environ.get("XDG_CACHE_HOME", "")
     return Path(xdg) if os.path.isabs(xdg) else Path(os.path.expanduser("~")) / ".cache"
+
+
+def cache_dir(env_var, name):
+    """Where compiled code is kept: ``$env_var``, else ``<cache home>/gpudl/<name>``
+    (made if missing)."""
+    d = os.environ.get(env_var) or os.path.join(cache_home(), "gpudl", name)
+    os.makedirs(d, exist_ok=True)
+    return d

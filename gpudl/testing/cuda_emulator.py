@@ -222,10 +222,8 @@ def asan_env():
 
 
 def _cache_dir():
-    from ..backend._shared import cache_home
-    d = os.environ.get("GPUDL_EMU_CACHE") or os.path.join(cache_home(), "gpudl", "emu")
-    os.makedirs(d, exist_ok=True)
-    return d
+    from ..backend._shared import cache_dir
+    return cache_dir("GPUDL_EMU_CACHE", "emu")
 
 
 def compile_module(source, name="<string>", include_dirs=(), asan=None):
