@@ -15,6 +15,8 @@ import math
 
 import numpy as np
 
+from gpudl._errstate import quiet
+
 from . import _cpu_kernels as _ck
 from ._shared import move_running_stats
 
@@ -51,7 +53,7 @@ def _channel_dot(a, b):
     return np.einsum("ij,ij->i", a.reshape(n * c, -1), b.reshape(n * c, -1)).reshape(n, c).sum(axis=0)
 
 
-@_ck._quiet
+@quiet
 def batch_norm_forward(x, weight, bias, running_mean, running_var, eps, momentum, use_batch_stats):
     fn = _native_ok("gd_bn_fwd", x)
     if fn is not None:
@@ -115,7 +117,7 @@ def _backward_native(fn, g, xhat, invstd, weight, batch, need_x, need_w, need_b)
     return gx, (sgx if need_w else None), (sg if need_b else None)
 
 
-@_ck._quiet
+@quiet
 def batch_norm_backward(g, xhat, invstd, weight, use_batch_stats, need=(True, True, True)):
     need_x, need_w, need_b = (bool(v) for v in need)
     fn = _native_ok("gd_bn_bwd", xhat)
