@@ -288,13 +288,21 @@ def _report(kind, args, results, torch, meta, what):
     if torch is not None:
         meta["torch"] = torch.__version__
         meta["torch_threads"] = torch.get_num_threads()
+    doc = {"bench": kind, **meta, "results": results}
     if args.json:
-        print(json.dumps({"bench": kind, **meta, "results": results}, indent=2))
-        return 0
-    print(f"gpudl bench {kind}: " + " ".join(f"{k}={v}" for k, v in meta.items() if not k.startswith("torch"))
-          + f" ({what})" + (f"; torch {meta['torch']}, {meta['torch_threads']} threads" if torch else ""))
-    print_table(results)
+        print(json.dumps(doc, indent=2))
+    else:
+        _print_doc(doc, note=f" ({what})")
     return 0
+
+
+def _print_doc(d, file=sys.stdout, note=""):
+    """One benchmark document's header line (its scalar metadata) and table."""
+    print(f"gpudl bench {d['bench']}: " + " ".join(f"{k}={v}" for k, v in d.items()
+                                                 if k not in ("bench", "results")
+                                                 and not isinstance(v, (dict, list))) + note, file=file)
+    if "results" in d:
+        print_table(d["results"], file=file)
 
 
 def _peer(args):
@@ -441,11 +449,7 @@ def show(path, file=sys.stdout):
         raise ValueError(f"{path}: expected a benchmark document with 'bench' (or 'parts'), "
                          f"got {type(doc).__name__}")
     for d in parts:
-        meta = {k: v for k, v in d.items() if k not in ("bench", "results")}
-        print(f"gpudl bench {d['bench']}: " + " ".join(f"{k}={v}" for k, v in meta.items()
-                                                     if not isinstance(v, (dict, list))), file=file)
-        if "results" in d:
-            print_table(d["results"], file=file)
+        _print_doc(d, file)
         print(file=file)
     return 0
 

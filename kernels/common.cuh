@@ -14,9 +14,7 @@
 typedef long long gd_index;
 
 // Grid-stride loop over [0, n) with a 64-bit index.
-#define GD_KERNEL_LOOP(i, n)                                                  \
-    for (gd_index i = (gd_index)blockIdx.x * blockDim.x + threadIdx.x;        \
-         i < (n); i += (gd_index)blockDim.x * gridDim.x)
+#define GD_KERNEL_LOOP(i, n) GD_KERNEL_LOOP_T(gd_index, i, n)
 
 // The same loop with an index of type I.  Kernels that split a flat index
 // into coordinates (divisions and remainders) run it with I = int where

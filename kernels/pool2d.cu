@@ -42,14 +42,6 @@ __device__ inline bool gd_pool_tiles(int H, int W, int kH, int kW, int sh, int s
            && (gd_index)Ho * kH == H && (gd_index)Wo * kW == W;
 }
 
-// Split a flat index into (plane = n * C + c, row, column).
-template <typename I>
-__device__ inline void gd_split3(I i, int Wo, int Ho, I* plane, int* oh, int* ow) {
-    *ow = gd_divmod(i, Wo);
-    *oh = gd_divmod(i, Ho);
-    *plane = i;
-}
-
 template <typename T, typename I>
 __device__ void max_pool_fwd_impl(const T* __restrict__ x, T* __restrict__ y,
                                   int* __restrict__ argmax, int N, int C, int H, int W,
@@ -57,9 +49,8 @@ __device__ void max_pool_fwd_impl(const T* __restrict__ x, T* __restrict__ y,
                                   int Ho, int Wo) {
     const gd_index total = (gd_index)N * C * Ho * Wo;
     GD_KERNEL_LOOP_T(I, i, total) {
-        I plane;
-        int oh, ow;
-        gd_split3<I>(i, Wo, Ho, &plane, &oh, &ow);
+        I plane = i;
+        const int ow = gd_divmod(plane, Wo), oh = gd_divmod(plane, Ho);
         const T* xp = x + (gd_index)plane * H * W;
         const int h0 = oh * sh - ph, w0 = ow * sw - pw;
         T best = gd_neg_inf<T>();
@@ -90,9 +81,8 @@ __device__ void max_pool_bwd_tiles(const T* __restrict__ gy, const int* __restri
                                    T* __restrict__ gx, gd_index total, int H, int W,
                                    int kH, int kW, int Ho, int Wo) {
     GD_KERNEL_LOOP_T(I, o, total) {
-        I plane;
-        int oh, ow;
-        gd_split3<I>(o, Wo, Ho, &plane, &oh, &ow);
+        I plane = o;
+        const int ow = gd_divmod(plane, Wo), oh = gd_divmod(plane, Ho);
         const int am = argmax[o];
         const T g = gy[o];
         T* gp = gx + (gd_index)plane * H * W;
@@ -112,9 +102,8 @@ __device__ void max_pool_bwd_gather(const T* __restrict__ gy, const int* __restr
                                     int kH, int kW, int sh, int sw, int ph, int pw,
                                     int Ho, int Wo) {
     GD_KERNEL_LOOP_T(I, i, total) {
-        I plane;
-        int h, w;
-        gd_split3<I>(i, W, H, &plane, &h, &w);
+        I plane = i;
+        const int w = gd_divmod(plane, W), h = gd_divmod(plane, H);
         const gd_index base = (gd_index)plane * Ho * Wo;
         const int me = h * W + w;
         int oh0, oh1, ow0, ow1;
@@ -150,9 +139,8 @@ __device__ void avg_pool_fwd_impl(const T* __restrict__ x, T* __restrict__ y,
                                   int count_include_pad) {
     const gd_index total = (gd_index)N * C * Ho * Wo;
     GD_KERNEL_LOOP_T(I, i, total) {
-        I plane;
-        int oh, ow;
-        gd_split3<I>(i, Wo, Ho, &plane, &oh, &ow);
+        I plane = i;
+        const int ow = gd_divmod(plane, Wo), oh = gd_divmod(plane, Ho);
         const T* xp = x + (gd_index)plane * H * W;
         const int h0 = oh * sh - ph, w0 = ow * sw - pw;
         const int hs = h0 < 0 ? 0 : h0, he = h0 + kH > H ? H : h0 + kH;
@@ -170,9 +158,8 @@ template <typename T, typename I>
 __device__ void avg_pool_bwd_tiles(const T* __restrict__ gy, T* __restrict__ gx, gd_index total,
                                    int H, int W, int kH, int kW, int Ho, int Wo) {
     GD_KERNEL_LOOP_T(I, o, total) {
-        I plane;
-        int oh, ow;
-        gd_split3<I>(o, Wo, Ho, &plane, &oh, &ow);
+        I plane = o;
+        const int ow = gd_divmod(plane, Wo), oh = gd_divmod(plane, Ho);
         const T g = gy[o] / T(kH * kW);     // no padding: both divisors are kH * kW
         T* gp = gx + (gd_index)plane * H * W;
         for (int kh = 0; kh < kH; ++kh) {
@@ -187,9 +174,8 @@ __device__ void avg_pool_bwd_gather(const T* __restrict__ gy, T* __restrict__ gx
                                     int H, int W, int kH, int kW, int sh, int sw, int ph, int pw,
                                     int Ho, int Wo, int count_include_pad) {
     GD_KERNEL_LOOP_T(I, i, total) {
-        I plane;
-        int h, w;
-        gd_split3<I>(i, W, H, &plane, &h, &w);
+        I plane = i;
+        const int w = gd_divmod(plane, W), h = gd_divmod(plane, H);
         const gd_index base = (gd_index)plane * Ho * Wo;
         int oh0, oh1, ow0, ow1;
         gd_window_range(h, kH, sh, ph, Ho, &oh0, &oh1);

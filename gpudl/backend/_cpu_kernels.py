@@ -71,6 +71,7 @@ import numpy as np
 from gpudl._errstate import quiet
 
 from . import _native
+from ._shared import pool_tiles as _tiles
 
 try:  # BLAS with beta = 1 accumulates in place; NumPy's matmul cannot
     from scipy.linalg import blas as _blas
@@ -1365,12 +1366,6 @@ def _norm2(v):
     if isinstance(v, (int, np.integer)):
         return int(v), int(v)
     return int(v[0]), int(v[1])
-
-
-def _tiles(H, W, Ho, Wo, kernel, stride, padding):
-    """True when the windows partition the input exactly (2x2 / stride 2)."""
-    return (padding == (0, 0) and kernel == stride
-            and Ho * kernel[0] == H and Wo * kernel[1] == W)
 
 
 def _tap_views(x, kernel, stride, padding, Ho, Wo, fill):

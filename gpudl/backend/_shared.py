@@ -31,3 +31,9 @@ def cache_dir(env_var, name):
     d = os.environ.get(env_var) or os.path.join(cache_home(), "gpudl", name)
     os.makedirs(d, exist_ok=True)
     return d
+
+
+def pool_tiles(H, W, Ho, Wo, kernel, stride, padding):
+    """True when the windows partition the input exactly (2x2 / stride 2)."""
+    return (tuple(padding) == (0, 0) and tuple(kernel) == tuple(stride)
+            and Ho * kernel[0] == H and Wo * kernel[1] == W)

@@ -44,7 +44,7 @@ import types
 import numpy
 
 from . import BACKEND_API
-from ._shared import move_running_stats
+from ._shared import move_running_stats, pool_tiles as _tiles
 
 __all__ = ["make_backend", "cuda_backend", "launch", "KernelArgumentError"]
 
@@ -146,8 +146,7 @@ def _pool_threads(geo):
     """Threads of a pooling backward: one per window where the windows tile the
     input (the kernel's gd_pool_tiles), else one per input pixel."""
     N, C, H, W, kH, kW, sh, sw, ph, pw, Ho, Wo = geo
-    tiles = ph == pw == 0 and (sh, sw) == (kH, kW) and (Ho * kH, Wo * kW) == (H, W)
-    return N * C * (Ho * Wo if tiles else H * W)
+    return N * C * (Ho * Wo if _tiles(H, W, Ho, Wo, (kH, kW), (sh, sw), (ph, pw)) else H * W)
 
 
 def _pair(v, what, minimum):
@@ -207,6 +206,7 @@ class _Backend:
         self._is_cupy = device_index is not None and hasattr(xp, "cuda")
         self._functions = {}      # kernel name -> compiled function (names are unique across files)
         self._placeholders = {}   # dtype -> a 1-element array passed for absent arguments
+        self._big_block = {}      # compiled per-channel kernel -> its block size for big channels
 
     # ---- plumbing -------------------------------------------------------
 
@@ -667,10 +667,11 @@ class _Backend:
         run that many in a block (its registers decide: CuPy's ``max_threads_per_block``)."""
         block = BLOCK
         if m >= _BIG_BLOCK_VALUES:
-            limit = _max_threads(self._function("batchnorm.cu", kernel))
-            if limit is None:          # unknown: the emulator has no limit; a GPU gets the safe size
-                limit = BLOCK if self._is_cupy else _BIG_BLOCK
-            block = _BIG_BLOCK if limit >= _BIG_BLOCK else BLOCK
+            fn = self._function("batchnorm.cu", kernel)
+            block = self._big_block.get(fn)
+            if block is None:          # once per compiled kernel (a driver query on a GPU)
+                limit = _max_threads(fn) or BLOCK
+                block = self._big_block[fn] = _BIG_BLOCK if limit >= _BIG_BLOCK else BLOCK
         return (min(max(C, 1), _MAX_GRID_X),), (block,)
 
     def batch_norm_forward(self, x, weight, bias, running_mean, running_var, eps, momentum,

@@ -361,6 +361,7 @@ class EmulatedFunction:
         sig.restype = ctypes.c_char_p
         self.params = sig().decode().split()
         self.max_dynamic_shared_size_bytes = DEFAULT_DYNAMIC_SMEM
+        self.max_threads_per_block = min(MAX_THREADS, self.max_threads)   # as CuPy reports it
 
     def _dims(self, what, dims, limits):
         if isinstance(dims, (tuple, list)):
