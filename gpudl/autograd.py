@@ -20,11 +20,15 @@ from ._errstate import quiet_begin, quiet_end   # ops and backward passes: NumPy
 Tensor = None  # gpudl.tensor.Tensor, set by that module (it imports this one)
 
 
-_state = threading.local()
+class _State(threading.local):
+    enabled = True          # every thread starts in grad mode; a plain attribute read, no getattr default
+
+
+_state = _State()
 
 
 def is_grad_enabled():
-    return getattr(_state, "enabled", True)
+    return _state.enabled
 
 
 class _GradMode:
@@ -156,7 +160,7 @@ class Function:
         record = grad_mode and any(t.requires_grad for t in tensors)
         if grad_mode:
             for t in tensors:
-                if t._view is not None:
+                if t._view is not None and t._view != t._ver[1]:
                     check_view_current(t, cls.__name__)
         needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
         ctx = Context(device, needs)
@@ -174,17 +178,33 @@ class Function:
         if record:
             # the versions of the tensors whose very arrays ctx saved (inputs or the output):
             # an in-place write to one of them before backward makes backward refuse
-            versions = ()
-            if ctx.saved:
-                readers = cls.saved_for
-                ids = {id(a) for k, a in enumerate(ctx.saved) if readers is None or needs[readers[k]]}
-                versions = tuple((c, c[0]) for c in (t._counter() for t in tensors if id(t.data) in ids))
-                if id(out) in ids:
-                    c = result._counter()
-                    versions += ((c, c[0]),)
+            watched = []
+            readers = cls.saved_for
+            for k, a in enumerate(ctx.saved):
+                if readers is not None and not needs[readers[k]]:
+                    continue
+                for t in (result, *tensors):
+                    if t.data is a:
+                        watched.append(t)
+                        break
             result._node = Node(cls, ctx, tuple(
-                a if isinstance(a, Tensor) and a.requires_grad else None for a in args), versions)
+                a if isinstance(a, Tensor) and a.requires_grad else None for a in args),
+                version_snapshot(watched))
         return result
+
+
+def version_snapshot(tensors):
+    """(counter, version) of each tensor, for a node's ``versions``: its backward
+    refuses when one of them has moved (an in-place write since)."""
+    return tuple((t._ver, t._ver[0]) for t in tensors)
+
+
+def took_recorded_write(x, node):
+    """x was written in place by a write autograd records as ``node`` (its version
+    already moved): x takes the node, and views of x taken before the write no
+    longer match their graph."""
+    x._node, x._requires_grad = node, True
+    x._ver[1] += 1
 
 
 def _share_counter(result, tensors):
@@ -196,7 +216,7 @@ def _share_counter(result, tensors):
         return
     for t in tensors:
         if t.data is base or getattr(t.data, "base", None) is base:
-            result._ver = c = t._counter()
+            result._ver = c = t._ver
             result._view = c[1]
             return
 

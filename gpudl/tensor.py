@@ -67,21 +67,16 @@ class Tensor:
         t._view = None
         return t
 
-    def _counter(self):
-        """The version counter this tensor shares with the tensors that view its
-        memory: ``[version, recorded writes]``.  Every in-place write moves the
-        version, and a backward pass that needs a value saved before a write
-        refuses (as PyTorch).  In-place writes that autograd records also move
-        the second count: a view taken before one (``_view`` holds the count it
-        was taken at) no longer matches its graph and may not enter another."""
-        try:
-            return self._ver
-        except AttributeError:
-            self._ver = [0, 0]
-            return self._ver
+    # _ver, set wherever a tensor is made: the version counter this tensor shares
+    # with the tensors that view its memory, ``[version, recorded writes]``.
+    # Every in-place write moves the version, and a backward pass that needs a
+    # value saved before a write refuses (as PyTorch).  In-place writes that
+    # autograd records also move the second count: a view taken before one
+    # (``_view`` holds the count it was taken at) no longer matches its graph and
+    # may not enter another.
 
     def _bump(self):
-        self._counter()[0] += 1
+        self._ver[0] += 1
 
     @property
     def requires_grad(self):
@@ -188,7 +183,7 @@ class Tensor:
     def detach(self):
         """The same data, cut from the graph (shares memory and the version counter)."""
         t = Tensor._make(self.data, self.device)
-        t._ver = self._counter()
+        t._ver = self._ver
         return t
 
     def requires_grad_(self, requires_grad=True):

@@ -34,7 +34,7 @@ class Parameter(Tensor):
         elif not isinstance(data, Tensor):
             data = tensor(data)
         self.data, self.device = data.data, data.device
-        self._ver = data._counter()          # the same memory: one version counter
+        self._ver = data._ver                # the same memory: one version counter
         self._grad, self._node, self._requires_grad, self._view = None, None, False, None
         self.requires_grad_(requires_grad)
 

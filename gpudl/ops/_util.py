@@ -5,6 +5,8 @@ import numbers
 
 import numpy
 
+from .._errstate import quiet_begin, quiet_end
+
 from ..tensor import Tensor, float32, int64, bool_
 
 
@@ -41,7 +43,11 @@ def _to_tensor_like(value, ref, dtype, op):
     if isinstance(value, Tensor):
         return value if value.dtype == dtype else value.astype(dtype)
     if isinstance(value, (numbers.Number, numpy.generic)):
-        return Tensor._make(ref.device.backend.xp.asarray(value, dtype=dtype), ref.device)
+        token = quiet_begin()          # 1e10 into float16: inf, as PyTorch, without NumPy's cast warning
+        try:
+            return Tensor._make(ref.device.backend.xp.asarray(value, dtype=dtype), ref.device)
+        finally:
+            quiet_end(token)
     raise TypeError(f"{op}: expected a Tensor or a Python number, got {type(value).__name__} "
                     f"(wrap arrays with gpudl.tensor(...) on the right device)")
 

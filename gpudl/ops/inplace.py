@@ -32,6 +32,7 @@ refuses, as PyTorch's does.
 from __future__ import annotations
 
 import dis
+import functools
 import numbers
 import sys
 
@@ -89,10 +90,10 @@ def _write(x, ufunc, other, op, true_divide=False):
     return x
 
 
-def _copy_keeping_node(x):
+def _copy_keeping_node(x, copy=True):
     """x's values in memory of their own, with x's place in the graph."""
     autograd.check_view_current(x, "in-place operation")
-    old = Tensor._make(x.data.copy(), x.device, requires_grad=x.requires_grad)
+    old = Tensor._make(x.data.copy() if copy else x.data, x.device, requires_grad=x.requires_grad)
     old._node = x._node
     return old
 
@@ -100,15 +101,16 @@ def _copy_keeping_node(x):
 def _recorded(x, other, op, out_of_place, true_divide):
     """x op= other where autograd must record it (see :func:`_record_into`)."""
     _checked(x, other, op, true_divide)
-    return _record_into(x, op, lambda old: out_of_place(old, other))
+    return _record_into(x, op, lambda old: out_of_place(old, other),
+                        copy=out_of_place not in (M.add, M.sub))   # Add / Sub save nothing
 
 
-def _record_into(x, op, compute):
+def _record_into(x, op, compute, copy=True):
     """An in-place op that autograd must record: ``compute`` runs out of place on a
     copy of x's values that keeps x's node (ops like * save their operands), the
     result is written into x, and x takes its node (recordable_inplace says where not)."""
     recordable_inplace(x, op)
-    out = compute(_copy_keeping_node(x))
+    out = compute(_copy_keeping_node(x, copy))
     if out._node is None:       # an op with no gradient (//, %, & ...): as PyTorch, no derivative to record
         raise RuntimeError(f"{op}: autograd has no derivative for this in-place operation, and a tensor "
                            f"here requires grad (as in PyTorch); do it under gpudl.no_grad() or on .detach()")
@@ -116,8 +118,7 @@ def _record_into(x, op, compute):
         out = M.astype(out, x.dtype)
     x.device.backend.xp.copyto(x.data, out.data)
     x._bump()
-    x._node, x._requires_grad = out._node, True
-    x._counter()[1] += 1                        # views of x taken before no longer match their graph
+    autograd.took_recorded_write(x, out._node)
     return x
 
 
@@ -131,12 +132,16 @@ def _stored_by_subscript(frame):
     x.__setitem__ (STORE_SUBSCR), which writes the result into x and records it.
     None where the caller's bytecode cannot be read."""
     try:
-        lasti = frame.f_lasti
-        for ins in dis.get_instructions(frame.f_code):
-            if ins.offset > lasti and ins.opname not in _STACK_SHUFFLES:
-                return ins.opname == "STORE_SUBSCR"
+        return _next_store_is_subscript(frame.f_code, frame.f_lasti)
     except Exception:          # an unusual frame or interpreter: don't guess
         return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _next_store_is_subscript(code, lasti):
+    for ins in dis.get_instructions(code):
+        if ins.offset > lasti and ins.opname not in _STACK_SHUFFLES:
+            return ins.opname == "STORE_SUBSCR"
     return None
 
 

@@ -615,7 +615,6 @@ def argmin(x, dim=None, keepdim=False):
 # ---- comparisons (no gradient) ---------------------------------------------------
 
 def _compare(name):
-    @quiet
     def f(a, b):
         a, b = binary_operands(a, b, name)
         return Tensor._make(getattr(a.device.backend.xp, name)(a.data, b.data), a.device)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numbers
 import sys
 
-from ..autograd import Context, Function, Node
+from ..autograd import Context, Function, Node, version_snapshot
 from ..tensor import Tensor
 from ._util import only_supported
 
@@ -523,9 +523,8 @@ def rnn_scan(mode, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, revers
         # h0 and c0 as they were: one version counter for the buffer, shared by out
         # and the h's, and every step checks it and the initial states (an in-place
         # write to one of them before backward is refused, never silently used).
-        shared = hs[0]._counter()
-        out._ver = shared
-        watched = tuple((c_, c_[0]) for c_ in [shared] + [t._counter() for t in (h0, c0) if t is not None])
+        out._ver = hs[0]._ver
+        watched = version_snapshot([hs[0]] + [t for t in (h0, c0) if t is not None])
         for t in hs:
             t._node.versions += watched
     return out, h, c

@@ -7,7 +7,8 @@ import numbers
 
 import numpy
 
-from ..autograd import Context, Function, Node, check_view_current
+from ..autograd import (Context, Function, Node, check_view_current, took_recorded_write,
+                        version_snapshot)
 from ..tensor import Tensor
 from ._util import binary_operands, norm_axis
 
@@ -257,7 +258,7 @@ def getitem(x, idx):
         raise IndexError(f"index: {e} (tensor of shape {x.shape})") from None
     if tensors and x._node is not None:
         # the backward scatters through the index: it must not change before then
-        x._node.versions += tuple((c, c[0]) for c in (i._counter() for i in tensors))
+        x._node.versions += version_snapshot(tensors)
     return x
 
 
@@ -345,11 +346,10 @@ def setitem(x, idx, value):
         needs = (x.requires_grad, source is not None and source.requires_grad)
         ctx = Context(x.device, needs)
         ctx.steps, ctx.value_ndim = steps, source.ndim if source is not None else 0
-        versions = tuple((c, c[0]) for c in (i._counter() for i in tensors))   # the backward reads them
+        versions = version_snapshot(tensors)   # the backward reads them
         # the node's edge to x is x's node before this write: what was computed from x keeps it
-        x._node = Node(SetItem, ctx, (x if needs[0] else None, source if needs[1] else None), versions)
-        x._requires_grad = True
-        x._counter()[1] += 1                   # views of x taken before no longer match their graph
+        took_recorded_write(x, Node(SetItem, ctx, (x if needs[0] else None,
+                                                            source if needs[1] else None), versions))
 
 
 # ---- joining and splitting -----------------------------------------------------------
