@@ -1,4 +1,4 @@
-/* gpudl's native CPU kernels: convolution, max pooling, batch norm, ReLU.
+/* gpudl's native CPU kernels: convolution, max pooling, batch norm, ReLU's backward.
  *
  * Built at first use by gpudl/backend/_native.py with the system C compiler
  * (-O3 -march=native), loaded with ctypes, called from the CPU backend's
@@ -485,14 +485,11 @@ API void gd_bn_bwd_##S(const T* g, const T* xhat, long N, long C, long L,       
 DEF_BN(float, f, vf)
 DEF_BN(double, d, vd)
 
-/* ---- ReLU -----------------------------------------------------------------------
- * Elements i0..i1-1.  max(x, 0) with NaN kept; the backward passes g where
- * the output is not 0 (positive or NaN), as PyTorch's threshold_backward. */
+/* ---- ReLU's backward ---------------------------------------------------------
+ * Elements i0..i1-1: g where the output is not 0 (positive or NaN), as
+ * PyTorch's threshold_backward, in one pass (NumPy needs a mask and a fix-up
+ * for NaN gradients).  The forward stays in NumPy: np.maximum is as fast. */
 #define DEF_RELU(T, S)                                                           \
-API void gd_relu_##S(const T* x, T* y, long i0, long i1)                        \
-{                                                                               \
-    for (long i = i0; i < i1; i++) y[i] = x[i] < 0 ? (T)0 : x[i];               \
-}                                                                               \
 API void gd_relu_back_##S(const T* g, const T* y, T* gx, long i0, long i1)      \
 {                                                                               \
     for (long i = i0; i < i1; i++) gx[i] = y[i] != 0 ? g[i] : (T)0;             \

@@ -1,7 +1,7 @@
 """Kernel-level ops for the CPU backend, in vectorised NumPy and native C.
 
-Ungrouped convolutions, max pooling, ReLU (and, in :mod:`._cpu_norm`, batch
-norm) run in the native kernels of ``kernels/cpu_native.c`` (see
+Ungrouped convolutions, max pooling, ReLU's backward (and, in
+:mod:`._cpu_norm`, batch norm) run in the native kernels of ``kernels/cpu_native.c`` (see
 :mod:`._native` and the C source: each output channel a sum of shifted rows
 of a zero-padded grid, held in vector registers, with no columns built; a
 strided convolution reads one polyphase plane per tap) whenever that library
@@ -918,7 +918,7 @@ def matmul(a, b, out=None):
 
 # ---------------------------------------------------------------------------
 # native kernels (kernels/cpu_native.c, see _native): convolution, max
-# pooling and elementwise ReLU here, batch norm in _cpu_norm, where the
+# pooling and ReLU's backward here, batch norm in _cpu_norm, where the
 # library could be built
 
 _NATIVE_CODE = {np.dtype(np.float32): "f", np.dtype(np.float64): "d"}
@@ -936,13 +936,16 @@ def _native_fn(name, dt):
 
 
 _NATIVE_POOL_MIN_WO = 16        # output rows at least this long: native max pool (tiling windows)
+_ELEMENTWISE_MIN = 1 << 15      # elements: below this NumPy is as fast (a C call costs ~10 us here)
 _ELEMENTWISE_SPLIT_MIN = 1 << 18  # elements: below this an elementwise kernel runs on the caller
 
 
 def native_elementwise(name, out, *ins):
     """out = kernel(ins...) elementwise in C, cut over the threads; False (nothing
-    done) where the kernel is not there or the arrays are not all C-contiguous
-    arrays of out's shape and dtype."""
+    done) for small arrays, where the kernel is not there, or where the arrays
+    are not all C-contiguous arrays of out's shape and dtype."""
+    if out.size < _ELEMENTWISE_MIN:
+        return False
     fn = _native_fn(name, out.dtype)
     if fn is None or not out.flags.c_contiguous or any(
             a.dtype != out.dtype or a.shape != out.shape or not a.flags.c_contiguous for a in ins):

@@ -43,7 +43,6 @@ _SIGNATURES = {
     "gd_pack_cl": (_P, _L, _L, _L, _L, _P, _L, _L, _L, _L, _L),
     "gd_bn_fwd": (_P, _L, _L, _L, _P, _P, _I, _P, _P, None, _L, _L, _P, _P, _P),
     "gd_bn_bwd": (_P, _P, _L, _L, _L, _P, _P, _I, _L, _L, _P, _P, _P),
-    "gd_relu": (_P, _P, _L, _L),
     "gd_relu_back": (_P, _P, _P, _L, _L),
     "gd_max_pool": (_P, _L, _L, _L, _L, _L, _L, _L, _L, _L, _L, _L, _L, _P, _P),
     "gd_max_pool_back": (_P, _P, _L, _L, _L, _L, _P),
