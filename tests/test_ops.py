@@ -705,6 +705,11 @@ def test_infinities_and_nan_are_results_not_warnings(device):
             y **= 3.0
             y.clamp_(min=0)
         close(x.detach().log(), [-np.inf, np.nan, 69.07755, np.nan, np.inf, np.nan, 0.0], rtol=1e-6)
+        # a Python number cast into the tensor's dtype: 1e10 in float16 is inf, as in PyTorch
+        h = t(np.array([1.0, -1.0], np.float16), device)
+        for f in (lambda: h + 1e10, lambda: h * 1e10, lambda: gpudl.maximum(h, 1e10), lambda: h < 1e10):
+            close(f().float(), f().float())
+        close((h + 1e10).float(), [np.inf, np.inf], rtol=0)
         with pytest.raises(ValueError):
             gpudl.ones(2, device=device) @ gpudl.ones(3, device=device)
         with pytest.raises(RuntimeWarning):
